@@ -1,0 +1,154 @@
+"""Block accounting: a fixed budget of KV blocks with reference counts, and the prefix cache.
+
+A full block is identified by a chained hash of its token ids and its parent block's hash (as vLLM and
+nano-vllm do), so equal hashes mean equal prefixes up to that block; the block's own token ids are kept
+and compared on a hit, so a hash collision can never serve wrong K/V. Freed blocks keep their hash and
+stay reusable until the allocator hands them out again, least recently freed first.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+
+class KVCacheFullError(RuntimeError):
+    """Raised before any state changes, so a failed allocation never corrupts another sequence."""
+
+
+@dataclass
+class Block:
+    block_id: int
+    ref_count: int = 0
+    hash: int | None = None
+    token_ids: tuple[int, ...] = ()
+
+
+def chain_hash(parent: int | None, token_ids: tuple[int, ...]) -> int:
+    return hash((parent, token_ids))
+
+
+class BlockManager:
+    def __init__(self, num_blocks: int, block_size: int, enable_prefix_cache: bool = True) -> None:
+        if num_blocks < 1 or block_size < 1:
+            raise ValueError(f"num_blocks={num_blocks}, block_size={block_size}: both must be >= 1")
+        self.num_blocks = num_blocks
+        self.block_size = block_size
+        self.enable_prefix_cache = enable_prefix_cache
+        self.blocks = [Block(i) for i in range(num_blocks)]
+        # Insertion order is the eviction order: the least recently freed block is reused first.
+        self._free: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))
+        self._by_hash: dict[int, int] = {}
+        self.peak_used = 0
+        self.prefix_queries = 0  # prompt tokens looked up
+        self.prefix_hits = 0  # of those, tokens served from the cache
+
+    # -- queries -------------------------------------------------------------------------------------
+    @property
+    def num_free(self) -> int:
+        return len(self._free)
+
+    @property
+    def num_used(self) -> int:
+        return self.num_blocks - len(self._free)
+
+    def blocks_for(self, num_tokens: int) -> int:
+        return -(-num_tokens // self.block_size)
+
+    def cached_prefix(self, token_ids: list[int]) -> list[int]:
+        """Block ids holding the longest cached run of full blocks at the start of ``token_ids``."""
+        if not self.enable_prefix_cache:
+            return []
+        hits: list[int] = []
+        parent: int | None = None
+        for start in range(0, len(token_ids) - self.block_size + 1, self.block_size):
+            chunk = tuple(token_ids[start : start + self.block_size])
+            parent = chain_hash(parent, chunk)
+            block_id = self._by_hash.get(parent)
+            if block_id is None or self.blocks[block_id].token_ids != chunk:
+                break
+            hits.append(block_id)
+        return hits
+
+    def can_allocate(self, num_tokens: int, cached: list[int]) -> bool:
+        return self._new_blocks_needed(num_tokens, cached) <= self.num_free
+
+    # -- state changes -------------------------------------------------------------------------------
+    def allocate(self, num_tokens: int, cached: list[int]) -> list[int]:
+        """A block table for ``num_tokens`` tokens whose first blocks are the cached ``cached``."""
+        needed = self._new_blocks_needed(num_tokens, cached)
+        if needed > self.num_free:
+            raise KVCacheFullError(
+                f"KV cache full: a sequence of {num_tokens} tokens needs {needed} new blocks, "
+                f"{self.num_free} of {self.num_blocks} are free"
+            )
+        for block_id in cached:
+            self._take(block_id)
+        table = list(cached) + [self._take_fresh() for _ in range(self.blocks_for(num_tokens) - len(cached))]
+        self._note_peak()
+        return table
+
+    def append_slot(self, table: list[int], num_tokens: int) -> None:
+        """Grow ``table`` so it covers ``num_tokens`` tokens (at most one new block per decode step)."""
+        while len(table) < self.blocks_for(num_tokens):
+            if not self._free:
+                raise KVCacheFullError(f"KV cache full: no free block among {self.num_blocks}")
+            table.append(self._take_fresh())
+        self._note_peak()
+
+    def register_full_blocks(self, table: list[int], token_ids: list[int]) -> None:
+        """Publish every full block of a sequence in the prefix cache (already published ones are kept)."""
+        if not self.enable_prefix_cache:
+            return
+        parent: int | None = None
+        for index in range(len(token_ids) // self.block_size):
+            chunk = tuple(token_ids[index * self.block_size : (index + 1) * self.block_size])
+            parent = chain_hash(parent, chunk)
+            block = self.blocks[table[index]]
+            if block.hash is not None:
+                continue
+            if parent not in self._by_hash:
+                block.hash, block.token_ids = parent, chunk
+                self._by_hash[parent] = block.block_id
+
+    def free(self, table: list[int]) -> None:
+        for block_id in reversed(table):  # tail blocks first: they are the least likely to be shared
+            block = self.blocks[block_id]
+            if block.ref_count <= 0:
+                raise RuntimeError(f"block {block_id} freed more often than allocated")
+            block.ref_count -= 1
+            if block.ref_count == 0:
+                self._free[block_id] = None
+        table.clear()
+
+    def evict(self, block_id: int) -> None:
+        """Forget a free block's cached content (its storage was overwritten)."""
+        block = self.blocks[block_id]
+        if block.hash is not None and self._by_hash.get(block.hash) == block_id:
+            del self._by_hash[block.hash]
+        block.hash, block.token_ids = None, ()
+
+    def record_lookup(self, num_prompt_tokens: int, num_hit_tokens: int) -> None:
+        self.prefix_queries += num_prompt_tokens
+        self.prefix_hits += num_hit_tokens
+
+    # -- internals -----------------------------------------------------------------------------------
+    def _new_blocks_needed(self, num_tokens: int, cached: list[int]) -> int:
+        # A cached block that is currently free must leave the free list too.
+        revived = sum(1 for block_id in cached if self.blocks[block_id].ref_count == 0)
+        return self.blocks_for(num_tokens) - len(cached) + revived
+
+    def _take(self, block_id: int) -> None:
+        block = self.blocks[block_id]
+        if block.ref_count == 0:
+            del self._free[block_id]
+        block.ref_count += 1
+
+    def _take_fresh(self) -> int:
+        block_id, _ = self._free.popitem(last=False)
+        self.evict(block_id)
+        self.blocks[block_id].ref_count = 1
+        return block_id
+
+    def _note_peak(self) -> None:
+        self.peak_used = max(self.peak_used, self.num_used)

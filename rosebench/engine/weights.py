@@ -1,0 +1,164 @@
+"""Where a model's weights come from: a seeded random init, a Hugging Face GPT-2 folder, or a
+rosetrainer-style ``.pt`` checkpoint. Every failure names the file and the key."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from rosebench.engine.config import MODEL_PRESETS, ModelConfig
+from rosebench.engine.model import GPT2
+
+
+class WeightsError(ValueError):
+    pass
+
+
+# Hugging Face GPT2LMHeadModel names -> ours. Conv1D weights are stored [in, out]; ours are [out, in].
+_HF_LAYER_KEYS = {
+    "ln_1.weight": "ln_1.weight",
+    "ln_1.bias": "ln_1.bias",
+    "attn.c_attn.weight": "attn.qkv_proj.weight",
+    "attn.c_attn.bias": "attn.qkv_proj.bias",
+    "attn.c_proj.weight": "attn.out_proj.weight",
+    "attn.c_proj.bias": "attn.out_proj.bias",
+    "ln_2.weight": "ln_2.weight",
+    "ln_2.bias": "ln_2.bias",
+    "mlp.c_fc.weight": "mlp.fc1.weight",
+    "mlp.c_fc.bias": "mlp.fc1.bias",
+    "mlp.c_proj.weight": "mlp.fc2.weight",
+    "mlp.c_proj.bias": "mlp.fc2.bias",
+}
+_HF_CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+_HF_TOP_KEYS = {
+    "wte.weight": "token_embedding.weight",
+    "wpe.weight": "position_embedding.weight",
+    "ln_f.weight": "ln_f.weight",
+    "ln_f.bias": "ln_f.bias",
+}
+_HF_BUFFERS = ("attn.bias", "attn.masked_bias")
+
+# Aliases accepted in a rosetrainer checkpoint's "config".
+_CONFIG_ALIASES = {
+    "vocab_size": ("vocab_size",),
+    "n_positions": ("n_positions", "max_seq_len", "block_size", "context_length", "n_ctx"),
+    "n_embd": ("n_embd", "d_model", "hidden_size"),
+    "n_layer": ("n_layer", "n_layers", "num_layers"),
+    "n_head": ("n_head", "n_heads", "num_heads"),
+    "layer_norm_eps": ("layer_norm_eps", "layer_norm_epsilon", "ln_eps"),
+}
+
+
+def build_model(preset: str, weights: str | None, seed: int) -> GPT2:
+    """A GPT2 in float32 on the CPU; the caller moves it to its device and dtype."""
+    if weights is None:
+        if preset not in MODEL_PRESETS:
+            raise WeightsError(f"engine.model={preset}: unknown preset (allowed: {', '.join(MODEL_PRESETS)})")
+        model = GPT2(MODEL_PRESETS[preset])
+        model.init_weights(torch.Generator().manual_seed(seed))
+        return model
+    path = Path(weights).expanduser()
+    if path.is_dir():
+        return load_hf_folder(path)
+    if path.suffix == ".pt" and path.is_file():
+        return load_checkpoint(path)
+    raise WeightsError(
+        f"engine.weights={weights}: not found or not a weights source "
+        "(allowed: a Hugging Face GPT-2 folder or a .pt checkpoint file)"
+    )
+
+
+def load_hf_folder(folder: Path) -> GPT2:
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise WeightsError(f"{config_file}: missing (a Hugging Face GPT-2 folder needs config.json)")
+    hf = json.loads(config_file.read_text())
+    try:
+        cfg = ModelConfig(
+            vocab_size=hf["vocab_size"],
+            n_positions=hf["n_positions"],
+            n_embd=hf["n_embd"],
+            n_layer=hf["n_layer"],
+            n_head=hf["n_head"],
+            layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5),
+        )
+    except KeyError as missing:
+        raise WeightsError(f"{config_file}: missing key {missing}") from None
+    weights_file, state = _read_hf_state(folder)
+    ours: dict[str, torch.Tensor] = {}
+    for key, tensor in state.items():
+        name = key.removeprefix("transformer.")
+        parts = name.split(".", 2)
+        if name == "lm_head.weight" or (len(parts) == 3 and parts[2] in _HF_BUFFERS):
+            continue  # lm_head is tied to wte; attn.bias/masked_bias are causal-mask buffers
+        if name in _HF_TOP_KEYS:
+            ours[_HF_TOP_KEYS[name]] = tensor
+            continue
+        if len(parts) == 3 and parts[0] == "h" and parts[1].isdigit() and parts[2] in _HF_LAYER_KEYS:
+            ours[f"blocks.{parts[1]}.{_HF_LAYER_KEYS[parts[2]]}"] = (
+                tensor.t() if parts[2] in _HF_CONV1D else tensor
+            )
+            continue
+        raise WeightsError(f"{weights_file}: unknown key {key!r}")
+    return _load_state(GPT2(cfg), ours, weights_file)
+
+
+def load_checkpoint(path: Path) -> GPT2:
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise WeightsError(f"{path}: cannot be read as a torch checkpoint ({err})") from None
+    if not isinstance(payload, dict) or "model" not in payload or "config" not in payload:
+        raise WeightsError(f"{path}: expected a dict with keys 'model' (state_dict) and 'config'")
+    raw = payload["config"]
+    values = {}
+    for field_name, aliases in _CONFIG_ALIASES.items():
+        found = next((raw[a] for a in aliases if a in raw), None)
+        if found is None and field_name != "layer_norm_eps":
+            raise WeightsError(f"{path}: config lacks {field_name!r} (any of {', '.join(aliases)})")
+        if found is not None:
+            values[field_name] = found
+    state = {k.removeprefix("_orig_mod."): v for k, v in payload["model"].items()}
+    head = state.pop("lm_head.weight", None)
+    if (
+        head is not None
+        and "token_embedding.weight" in state
+        and not torch.equal(head, state["token_embedding.weight"])
+    ):
+        raise WeightsError(
+            f"{path}: key 'lm_head.weight' differs from 'token_embedding.weight' (lm_head is tied)"
+        )
+    return _load_state(GPT2(ModelConfig(**values)), state, path)
+
+
+def _read_hf_state(folder: Path) -> tuple[Path, dict[str, torch.Tensor]]:
+    safetensors_file, bin_file = folder / "model.safetensors", folder / "pytorch_model.bin"
+    if safetensors_file.is_file():
+        from safetensors.torch import load_file
+
+        return safetensors_file, load_file(str(safetensors_file))
+    if bin_file.is_file():
+        return bin_file, torch.load(bin_file, map_location="cpu", weights_only=True)
+    raise WeightsError(f"{folder}: no model.safetensors or pytorch_model.bin")
+
+
+def _load_state(model: GPT2, state: dict[str, torch.Tensor], source: Path) -> GPT2:
+    expected = model.state_dict()
+    for key, tensor in state.items():
+        if key not in expected:
+            raise WeightsError(f"{source}: unknown key {key!r}")
+        if tuple(tensor.shape) != tuple(expected[key].shape):
+            raise WeightsError(
+                f"{source}: key {key!r} has shape {tuple(tensor.shape)}, "
+                f"the model expects {tuple(expected[key].shape)}"
+            )
+    missing = sorted(set(expected) - set(state))
+    if missing:
+        raise WeightsError(
+            f"{source}: missing key {missing[0]!r}"
+            + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")
+        )
+    model.load_state_dict({k: v.float() for k, v in state.items()})
+    return model
