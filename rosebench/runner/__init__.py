@@ -1,0 +1,1 @@
+"""The Hydra-configured runner: settings from the config, passes, results folder, console summary."""

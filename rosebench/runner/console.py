@@ -1,0 +1,55 @@
+"""The summary printed at the end of a run: the original benchmark's lines, then serving figures."""
+
+from __future__ import annotations
+
+_LINES = [
+    ("requests", "requests", "{:.0f}"),
+    ("prompt tokens", "prompt_tokens", "{:.0f}"),
+    ("completion tokens", "completion_tokens", "{:.0f}"),
+    ("total tokens", "total_tokens", "{:.0f}"),
+    ("elapsed prefill (s)", "elapsed_prefill_s", "{:.3f}"),
+    ("elapsed decode (s)", "elapsed_decode_s", "{:.3f}"),
+    ("elapsed total (s)", "elapsed_total_s", "{:.3f}"),
+    ("completion throughput (tok/s)", "throughput_completion_tok_s", "{:.1f}"),
+    ("total throughput (tok/s)", "throughput_total_tok_s", "{:.1f}"),
+    ("request throughput (req/s)", "request_throughput_req_s", "{:.2f}"),
+]
+_LATENCIES = [("TTFT", "ttft_ms"), ("TPOT", "tpot_ms"), ("ITL", "itl_ms"), ("E2E", "e2e_ms")]
+_ENGINE = [
+    ("decode step p50 (ms)", "decode_step_ms_p50", "{:.2f}"),
+    ("mean batch size", "mean_batch_size", "{:.1f}"),
+    ("peak KV blocks", "peak_kv_blocks", "{:.0f}"),
+    ("KV capacity (blocks)", "kv_capacity_blocks", "{:.0f}"),
+    ("prefix-cache hit rate", "prefix_cache_hit_rate", "{:.3f}"),
+    ("preemptions", "preemptions", "{:.0f}"),
+    ("peak RSS (MB)", "peak_rss_mb", "{:.0f}"),
+    ("CUDA max allocated (MB)", "cuda_max_allocated_mb", "{:.0f}"),
+    ("CUDA max reserved (MB)", "cuda_max_reserved_mb", "{:.0f}"),
+]
+
+
+def summary_table(title: str, mean: dict[str, float], std: dict[str, float], repeat: int) -> str:
+    width = 32
+    out = [f"=== {title} ==="]
+
+    def line(label: str, key: str, fmt: str) -> None:
+        if key not in mean:
+            return
+        text = fmt.format(mean[key])
+        if repeat > 1 and std.get(key):
+            text += f"  ± {fmt.format(std[key])}"
+        out.append(f"{label:<{width}}{text}")
+
+    for label, key, fmt in _LINES:
+        line(label, key, fmt)
+    out.append(f"{'latency (ms)':<{width}}{'mean':>10}{'p50':>10}{'p90':>10}{'p99':>10}")
+    for label, key in _LATENCIES:
+        cells = "".join(
+            f"{mean.get(f'{key}_{stat}', float('nan')):>10.2f}" for stat in ("mean", "p50", "p90", "p99")
+        )
+        out.append(f"{label:<{width}}{cells}")
+    for label, key, fmt in _ENGINE:
+        line(label, key, fmt)
+    if repeat > 1:
+        out.append(f"(mean of {repeat} timed passes; ± is their standard deviation)")
+    return "\n".join(out)

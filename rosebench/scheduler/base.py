@@ -1,0 +1,160 @@
+"""The scheduling step both schedulers share: admit and prefill waiting sequences when possible,
+otherwise decode the running batch, preempting (for recomputation) when the KV blocks run out."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from rosebench.engine import Engine, Sequence
+from rosebench.scheduler.records import PassResult, PassStats, RequestRecord
+from rosebench.workload.request import Request
+
+StepHook = Callable[[str], None]  # called after every step with "prefill" or "decode"
+
+
+@dataclass
+class SchedulerConfig:
+    max_batch_size: int = 16
+    max_batched_tokens: int = 2048  # prompt tokens per prefill step
+    request_rate: float = float("inf")  # requests/s for the online arrival process; inf = all at once
+    burstiness: float = 1.0  # gamma shape of the inter-arrival gaps; 1 = Poisson
+    max_concurrency: int | None = None  # requests in flight at once (online), as vLLM's bench serve
+
+    def validate(self) -> None:
+        if self.max_batch_size < 1:
+            raise ValueError(f"scheduler.max_batch_size={self.max_batch_size}: must be >= 1")
+        if self.max_batched_tokens < 1:
+            raise ValueError(f"scheduler.max_batched_tokens={self.max_batched_tokens}: must be >= 1")
+        if not self.request_rate > 0:
+            raise ValueError(f"scheduler.request_rate={self.request_rate}: must be > 0 (inf = all at once)")
+        if not self.burstiness > 0:
+            raise ValueError(f"scheduler.burstiness={self.burstiness}: must be > 0 (1 = Poisson)")
+        if self.max_concurrency is not None and self.max_concurrency < 1:
+            raise ValueError(f"scheduler.max_concurrency={self.max_concurrency}: must be >= 1 or null")
+
+
+class BatchScheduler:
+    def __init__(self, engine: Engine, config: SchedulerConfig, on_step: StepHook | None = None) -> None:
+        config.validate()
+        self.engine = engine
+        self.config = config
+        self.max_batch_size = min(config.max_batch_size, engine.max_num_seqs)
+        self.on_step = on_step
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self.records: dict[int, RequestRecord] = {}
+        self.stats = PassStats()
+        self._t0 = 0.0
+
+    # -- lifecycle of a timed pass -------------------------------------------------------------------
+    def validate(self, requests: list[Request]) -> None:
+        """Reject a request that could never complete before the run starts, naming it."""
+        for request in requests:
+            try:
+                self.engine.check_request(len(request.prompt_token_ids), request.params.max_new_tokens)
+            except ValueError as err:
+                raise ValueError(f"request {request.request_id}: {err}") from None
+
+    def start_clock(self) -> None:
+        self.engine.reset_stats()
+        self.stats = PassStats()
+        self.records = {}
+        self._t0 = 0.0
+        self._t0 = self.now()
+
+    def now(self) -> float:
+        """Seconds since the pass started, read after the device has finished queued work."""
+        if self.engine.device.type == "cuda":
+            torch.cuda.synchronize(self.engine.device)
+        return time.perf_counter() - self._t0
+
+    def enqueue(self, request: Request, arrival_s: float) -> None:
+        self.records[request.request_id] = RequestRecord(
+            request_id=request.request_id,
+            prompt_token_ids=list(request.prompt_token_ids),
+            arrival_s=arrival_s,
+        )
+        self.waiting.append(Sequence(request.request_id, request.prompt_token_ids, request.params))
+
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def result(self) -> PassResult:
+        kv = self.engine.kv_stats()
+        self.stats.elapsed_total_s = self.now()
+        self.stats.peak_kv_blocks = kv.peak_blocks
+        self.stats.kv_capacity_blocks = kv.capacity_blocks
+        self.stats.prefix_cache_queries = kv.prefix_queries
+        self.stats.prefix_cache_hits = kv.prefix_hits
+        return PassResult(records=[self.records[i] for i in sorted(self.records)], stats=self.stats)
+
+    # -- one step ------------------------------------------------------------------------------------
+    def step(self) -> str | None:
+        """Run one prefill or decode step; returns its kind, or None when there was nothing to do."""
+        admitted = self._admit()
+        if admitted:
+            kind, seqs = "prefill", admitted
+        elif self.running:
+            self._make_room_for_decode()
+            kind, seqs = "decode", list(self.running)
+        else:
+            return None
+        start = self.now()
+        tokens = self.engine.prefill(seqs) if kind == "prefill" else self.engine.decode(seqs)
+        end = self.now()
+        self._record(kind, seqs, tokens, start, end)
+        if self.on_step is not None:
+            self.on_step(kind)
+        return kind
+
+    def _admit(self) -> list[Sequence]:
+        admitted: list[Sequence] = []
+        budget = self.config.max_batched_tokens
+        while self.waiting and len(self.running) < self.max_batch_size:
+            seq = self.waiting[0]
+            # The first sequence of a step is admitted whatever its length, so a long prompt cannot stall.
+            if admitted and seq.num_tokens > budget:
+                break
+            if not self.engine.admit(seq):
+                break
+            self.waiting.popleft()
+            budget -= seq.num_tokens - seq.num_computed_tokens
+            self.running.append(seq)
+            admitted.append(seq)
+            record = self.records[seq.seq_id]
+            if record.scheduled_s is None:
+                record.scheduled_s = self.now()
+        return admitted
+
+    def _make_room_for_decode(self) -> None:
+        # Recompute-preemption, newest first (as vLLM): the oldest requests keep their progress.
+        while not self.engine.can_decode(self.running) and len(self.running) > 1:
+            victim = self.running.pop()
+            self.engine.preempt(victim)
+            self.waiting.appendleft(victim)
+            self.records[victim.seq_id].num_preemptions += 1
+            self.stats.preemptions += 1
+
+    def _record(self, kind: str, seqs: list[Sequence], tokens: list[int], start: float, end: float) -> None:
+        elapsed = end - start
+        if kind == "prefill":
+            self.stats.elapsed_prefill_s += elapsed
+            self.stats.prefill_steps += 1
+        else:
+            self.stats.elapsed_decode_s += elapsed
+            self.stats.decode_step_s.append(elapsed)
+            self.stats.decode_batch_sizes.append(len(seqs))
+        for seq, token in zip(seqs, tokens):
+            record = self.records[seq.seq_id]
+            record.output_token_ids.append(token)
+            record.token_times_s.append(end)
+            if seq.num_cached_tokens and not record.num_cached_tokens:
+                record.num_cached_tokens = seq.num_cached_tokens
+            if seq.is_finished:
+                record.finish_s, record.finish_reason = end, seq.finish_reason
+        self.running = [s for s in self.running if not s.is_finished]
