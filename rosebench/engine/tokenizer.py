@@ -1,0 +1,59 @@
+"""GPT-2 tokenizer that works offline, and a UTF-8 safe streaming detokenizer."""
+
+from __future__ import annotations
+
+import codecs
+import functools
+from pathlib import Path
+
+import tiktoken
+from tiktoken.load import load_tiktoken_bpe
+
+EOS_TOKEN_ID = 50256
+
+# tiktoken downloads its ranks on first use; we ship GPT-2's (== r50k_base) so that runs work offline.
+_RANKS_PATH = Path(__file__).parent / "assets" / "gpt2.tiktoken"
+_RANKS_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
+# r50k_pat_str from tiktoken_ext/openai_public.py (copied: tiktoken_ext is not a public API).
+_R50K_PAT_STR = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
+_OFFLINE_NAMES = ("gpt2", "r50k_base")
+
+
+@functools.cache
+def load_tokenizer(name: str = "gpt2") -> tiktoken.Encoding:
+    """Return the named tiktoken encoding; "gpt2" / "r50k_base" come from the packaged ranks file."""
+    if name in _OFFLINE_NAMES:
+        return tiktoken.Encoding(
+            name="gpt2",
+            pat_str=_R50K_PAT_STR,
+            mergeable_ranks=load_tiktoken_bpe(str(_RANKS_PATH), expected_hash=_RANKS_SHA256),
+            special_tokens={"<|endoftext|>": EOS_TOKEN_ID},
+            explicit_n_vocab=EOS_TOKEN_ID + 1,
+        )
+    try:
+        return tiktoken.get_encoding(name)
+    except Exception as e:  # unknown name, or a download that fails offline: both mean "not available"
+        raise ValueError(
+            f"tokenizer {name!r} is not available ({type(e).__name__}); only 'gpt2' is available offline"
+        ) from e
+
+
+class StreamDetokenizer:
+    """Turn token ids into text one token at a time, emitting only whole characters.
+
+    GPT-2's byte-level BPE can split one character over several tokens, so each token's bytes go through
+    an incremental UTF-8 decoder that holds back an incomplete character until its last byte arrives.
+    ``"".join(push(t) for t in ids) + flush()`` equals ``enc.decode(ids)`` (invalid bytes become U+FFFD).
+    """
+
+    def __init__(self, enc: tiktoken.Encoding) -> None:
+        self._enc = enc
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def push(self, token_id: int) -> str:
+        """Add one token; return the text it completes (possibly "")."""
+        return self._decoder.decode(self._enc.decode_single_token_bytes(token_id))
+
+    def flush(self) -> str:
+        """End the stream: any bytes still pending become replacement characters."""
+        return self._decoder.decode(b"", final=True)

@@ -1,0 +1,129 @@
+"""From a scheduler pass to flat, named figures (the names are an interface: snake_case, unit last).
+
+Latency definitions follow vLLM's ``bench serve``: TTFT = first token - arrival; TPOT per request =
+(finish - first token) / (output tokens - 1), over requests with more than one output token; ITL = every
+gap between consecutive tokens of a request, pooled over requests; E2E = finish - arrival.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import statistics
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from rosebench.scheduler.records import PassResult, RequestRecord
+
+PERCENTILES = (50, 90, 99)
+
+
+def pass_metrics(result: PassResult) -> dict[str, float]:
+    """Every figure of one pass; ``cuda_*`` and ``peak_rss_mb`` only when the pass measured them."""
+    records, stats = result.records, result.stats
+    prompt_tokens = sum(len(r.prompt_token_ids) for r in records)
+    completion_tokens = sum(len(r.output_token_ids) for r in records)
+    elapsed = stats.elapsed_total_s
+    metrics: dict[str, float] = {
+        "requests": float(len(records)),
+        "prompt_tokens": float(prompt_tokens),
+        "completion_tokens": float(completion_tokens),
+        "total_tokens": float(prompt_tokens + completion_tokens),
+        "elapsed_prefill_s": stats.elapsed_prefill_s,
+        "elapsed_decode_s": stats.elapsed_decode_s,
+        "elapsed_total_s": elapsed,
+        "throughput_completion_tok_s": _per_second(completion_tokens, elapsed),
+        "throughput_total_tok_s": _per_second(prompt_tokens + completion_tokens, elapsed),
+        "request_throughput_req_s": _per_second(len(records), elapsed),
+    }
+    answered = [r for r in records if r.token_times_s]
+    latencies_s = {
+        "ttft": [r.token_times_s[0] - r.arrival_s for r in answered],
+        "tpot": [
+            (_finish_s(r) - r.token_times_s[0]) / (len(r.token_times_s) - 1)
+            for r in answered
+            if len(r.token_times_s) > 1
+        ],
+        "itl": [b - a for r in answered for a, b in itertools.pairwise(r.token_times_s)],
+        "e2e": [_finish_s(r) - r.arrival_s for r in answered],
+    }
+    for name, values_s in latencies_s.items():
+        values_ms = [v * 1e3 for v in values_s]
+        metrics[f"{name}_ms_mean"] = _mean(values_ms)
+        for q in PERCENTILES:
+            metrics[f"{name}_ms_p{q}"] = percentile(values_ms, q)
+
+    step_ms = [s * 1e3 for s in stats.decode_step_s]
+    metrics["decode_step_ms_p50"] = percentile(step_ms, 50)
+    metrics["decode_step_ms_mean"] = _mean(step_ms)
+    metrics["mean_batch_size"] = _mean(stats.decode_batch_sizes)
+    metrics["peak_kv_blocks"] = float(stats.peak_kv_blocks)
+    metrics["kv_capacity_blocks"] = float(stats.kv_capacity_blocks)
+    queries = stats.prefix_cache_queries
+    metrics["prefix_cache_hit_rate"] = stats.prefix_cache_hits / queries if queries else 0.0
+    metrics["preemptions"] = float(stats.preemptions)
+    optional = {
+        "peak_rss_mb": stats.peak_rss_mb,
+        "cuda_max_allocated_mb": stats.cuda_max_allocated_mb,
+        "cuda_max_reserved_mb": stats.cuda_max_reserved_mb,
+    }
+    metrics.update({k: float(v) for k, v in optional.items() if v is not None})
+    return metrics
+
+
+def aggregate(passes: list[dict[str, float]]) -> tuple[dict[str, float], dict[str, float]]:
+    """Mean and population standard deviation of each metric over repeated passes."""
+    if not passes:
+        raise ValueError("aggregate: no passes to aggregate")
+    keys = passes[0].keys()
+    if any(p.keys() != keys for p in passes):
+        raise ValueError("aggregate: passes report different metrics; they must come from the same config")
+    mean = {k: statistics.fmean(p[k] for p in passes) for k in keys}
+    std = {k: statistics.pstdev(p[k] for p in passes) for k in keys}
+    return mean, std
+
+
+def request_rows(result: PassResult, detokenize: Callable[[list[int]], str]) -> list[dict[str, Any]]:
+    """One JSON-ready row per request (for outputs.jsonl); latencies in ms, ``None`` where not reached."""
+    rows = []
+    for r in result.records:
+        first, finish = r.first_token_s, r.finish_s
+        rows.append(
+            {
+                "request_id": r.request_id,
+                "prompt_token_ids": list(r.prompt_token_ids),
+                "output_token_ids": list(r.output_token_ids),
+                "text": detokenize(r.output_token_ids),
+                "arrival_s": r.arrival_s,
+                "first_token_s": first,
+                "finish_s": finish,
+                "ttft_ms": None if first is None else (first - r.arrival_s) * 1e3,
+                "e2e_ms": None if finish is None else (finish - r.arrival_s) * 1e3,
+                "finish_reason": r.finish_reason,
+                "num_cached_tokens": r.num_cached_tokens,
+            }
+        )
+    return rows
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """``numpy.percentile``'s default (linear interpolation between order statistics); 0.0 when empty."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q / 100
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def _mean(values: Sequence[float]) -> float:
+    return statistics.fmean(values) if values else 0.0  # vLLM reports 0 for an empty set, not NaN
+
+
+def _per_second(count: int, elapsed_s: float) -> float:
+    return count / elapsed_s if elapsed_s > 0 else 0.0
+
+
+def _finish_s(r: RequestRecord) -> float:
+    # The finish time is the last token's; fall back to it if the scheduler left finish_s unset.
+    return r.token_times_s[-1] if r.finish_s is None else r.finish_s
