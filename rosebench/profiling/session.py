@@ -1,0 +1,202 @@
+"""A scheduled torch.profiler session stepped once per scheduler step, exporting each cycle as it ends.
+
+Usage (the scheduler calls ``session.step()`` after each of its steps, prefill and decode alike)::
+
+    with profile_session(settings, out_dir, device) as session:
+        run_pass(step_hook=session.step)
+    result = session.result  # None when profiling is off
+
+Files written to ``out_dir``: ``trace_{cycle}.json.gz`` (one per completed or interrupted active phase),
+``key_averages.txt`` and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import torch
+from torch.autograd.profiler_util import EventList
+from torch.profiler import ProfilerActivity
+
+from rosebench.profiling.summary import summarize_traces
+
+_ACTIVITIES = {"cpu": ProfilerActivity.CPU, "cuda": ProfilerActivity.CUDA}
+
+
+class ProfileScheduleWarning(UserWarning):
+    """The profiled pass ran fewer steps than the profiler schedule needs."""
+
+
+@dataclass
+class ProfileSettings:
+    """The ``profile`` config group; the runner builds it with ``ProfileSettings(**cfg)``."""
+
+    enabled: bool = False
+    wait: int = 1
+    warmup: int = 1
+    active: int = 3
+    repeat: int = 1  # 0: cycle until the pass ends, as torch.profiler.schedule does
+    skip_first: int = 0
+    activities: str | list[str] = "auto"  # "auto" = CPU, plus CUDA on a CUDA device
+    record_shapes: bool = False
+    profile_memory: bool = False
+    with_stack: bool = False
+    row_limit: int = 30
+
+    def __post_init__(self) -> None:
+        for name in ("wait", "warmup", "repeat", "skip_first"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"profile.{name} must be >= 0, got {getattr(self, name)}")
+        if self.active < 1:
+            raise ValueError(f"profile.active must be >= 1, got {self.active}")
+        if self.row_limit < 1:
+            raise ValueError(f"profile.row_limit must be >= 1, got {self.row_limit}")
+        if self.activities != "auto":
+            if isinstance(self.activities, str):
+                raise ValueError(f"profile.activities must be 'auto' or a list of {sorted(_ACTIVITIES)}")
+            self.activities = [str(a).lower() for a in self.activities]  # also turns an OmegaConf ListConfig
+            unknown = sorted(set(self.activities) - set(_ACTIVITIES))
+            if unknown or not self.activities:
+                raise ValueError(f"profile.activities: unknown {unknown}; choose from {sorted(_ACTIVITIES)}")
+
+    @property
+    def steps_needed(self) -> int:
+        """Steps before the first cycle's trace is complete."""
+        return self.skip_first + self.wait + self.warmup + self.active
+
+    def profiler_activities(self, device: torch.device) -> list[ProfilerActivity]:
+        if self.activities == "auto":
+            names = ["cpu", "cuda"] if device.type == "cuda" else ["cpu"]
+        else:
+            names = list(self.activities)
+        return [_ACTIVITIES[name] for name in names]
+
+
+@dataclass
+class ProfileResult:
+    """What a profiled pass left behind; ``key_averages[i]`` belongs to ``traces[i]``."""
+
+    steps: int
+    traces: list[Path]
+    key_averages: list[EventList]
+    summary: dict[str, Any]
+    summary_path: Path
+    key_averages_path: Path
+    warnings: list[str] = field(default_factory=list)
+
+
+class ProfileSession:
+    """Context manager around ``torch.profiler.profile`` with a schedule; ``step()`` is the per-step hook."""
+
+    def __init__(self, settings: ProfileSettings, out_dir: str | Path, device: torch.device) -> None:
+        self.settings = settings
+        self.out_dir = Path(out_dir)
+        self.activities = settings.profiler_activities(device)
+        self.steps = 0
+        self.result: ProfileResult | None = None
+        self._traces: list[Path] = []
+        self._key_averages: list[EventList] = []
+        self._prof: torch.profiler.profile | None = None
+
+    def __enter__(self) -> ProfileSession:
+        s = self.settings
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._prof = torch.profiler.profile(
+            activities=self.activities,
+            schedule=torch.profiler.schedule(
+                wait=s.wait, warmup=s.warmup, active=s.active, repeat=s.repeat, skip_first=s.skip_first
+            ),
+            on_trace_ready=self._export_cycle,
+            record_shapes=s.record_shapes,
+            profile_memory=s.profile_memory,
+            with_stack=s.with_stack,
+        )
+        self._prof.__enter__()
+        return self
+
+    def step(self) -> None:
+        """Call once per scheduler step (prefill and decode steps alike)."""
+        if self._prof is None:
+            raise RuntimeError("ProfileSession.step() called outside its with-block")
+        self._prof.step()
+        self.steps += 1
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        prof, self._prof = self._prof, None
+        # Stopping mid-active fires on_trace_ready once more, so a short pass still exports what it recorded.
+        prof.__exit__(exc_type, exc, tb)
+        if exc_type is None:  # after a failure, leave the original error alone
+            self.result = self._finish()
+
+    def _export_cycle(self, prof: torch.profiler.profile) -> None:
+        # The only export of this cycle's trace: a second one raises "Trace is already saved".
+        path = self.out_dir / f"trace_{len(self._traces)}.json.gz"
+        prof.export_chrome_trace(str(path))  # torch writes a temp .json and gzips it for a .gz path
+        self._traces.append(path)
+        self._key_averages.append(prof.key_averages())
+
+    def _finish(self) -> ProfileResult:
+        s = self.settings
+        notes = []
+        if self.steps < s.steps_needed:
+            if self._traces:
+                outcome = "the trace holds only the steps recorded before it ended"
+            else:
+                outcome = "nothing was recorded"
+            notes.append(
+                f"profiled pass ran {self.steps} steps but the schedule needs "
+                f"skip_first+wait+warmup+active = {s.skip_first}+{s.wait}+{s.warmup}+{s.active} = "
+                f"{s.steps_needed}; {outcome}"
+            )
+        for note in notes:
+            warnings.warn(note, ProfileScheduleWarning, stacklevel=3)
+
+        summary = summarize_traces(self._traces)
+        summary_path = self.out_dir / "summary.json"
+        summary_path.write_text(json.dumps(summary, indent=2) + "\n")
+        key_averages_path = self.out_dir / "key_averages.txt"
+        key_averages_path.write_text(self._key_averages_text(notes))
+        return ProfileResult(self.steps, list(self._traces), list(self._key_averages), summary, summary_path,
+                             key_averages_path, notes)
+
+    def _key_averages_text(self, notes: list[str]) -> str:
+        # "self_cuda_time_total" still works but is deprecated in favour of the device_* name.
+        on_device = ProfilerActivity.CUDA in self.activities
+        sort_by = "self_device_time_total" if on_device else "self_cpu_time_total"
+        parts = [f"# warning: {note}" for note in notes]
+        parts += [
+            f"# cycle {i} ({path.name})\n{averages.table(sort_by=sort_by, row_limit=self.settings.row_limit)}"
+            for i, (path, averages) in enumerate(zip(self._traces, self._key_averages, strict=True))
+        ]
+        if not self._traces:
+            parts.append("# no profiler cycle reached an active step: nothing was recorded")
+        return "\n".join(parts) + "\n"
+
+
+class NullProfileSession:
+    """Stands in when profiling is off: no profiler object exists, and ``step()`` does nothing."""
+
+    result: ProfileResult | None = None
+
+    def __enter__(self) -> NullProfileSession:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        return None
+
+    def step(self) -> None:
+        return None
+
+
+def profile_session(
+    settings: ProfileSettings, out_dir: str | Path, device: torch.device
+) -> ProfileSession | NullProfileSession:
+    """A ``ProfileSession`` when ``settings.enabled``, else a free no-op stand-in with the same interface."""
+    return ProfileSession(settings, out_dir, device) if settings.enabled else NullProfileSession()
