@@ -56,6 +56,7 @@ class EngineConfig:
     max_num_seqs: int = 64
     max_model_len: int | None = None  # None = the model's n_positions
     prefix_cache: bool = True
+    prepack: bool = True  # oneDNN-prepacked linear weights on CPU float32 (see cpu_linear.py)
     seed: int = 0
     kv_cache: KVCacheConfig = field(default_factory=KVCacheConfig)
 

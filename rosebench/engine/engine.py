@@ -15,6 +15,7 @@ from torch.profiler import record_function
 from rosebench.engine.attention import ATTENTION_CLASSES, StepBatch
 from rosebench.engine.block_manager import BlockManager
 from rosebench.engine.config import EngineConfig, resolve_device, resolve_dtype
+from rosebench.engine.cpu_linear import prepack, prepack_supported
 from rosebench.engine.kv_cache import SlotKVCache
 from rosebench.engine.sampler import Sampler
 from rosebench.engine.sequence import Sequence, SequenceStatus
@@ -48,6 +49,8 @@ class Engine:
         self.eos_token_id = eos_token_id
         model = build_model(config.model, config.weights, config.seed)
         self.model = model.to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)
+        if config.prepack and prepack_supported(self.device, self.dtype):
+            prepack(self.model, batch_hint=config.max_num_seqs)
         self.model_config = model.config
         n_positions = self.model_config.n_positions
         if config.max_model_len is not None and not 1 <= config.max_model_len <= n_positions:

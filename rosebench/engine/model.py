@@ -73,6 +73,8 @@ class GPT2(nn.Module):
         self.position_embedding = nn.Embedding(cfg.n_positions, cfg.n_embd)
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps)
+        # None = the lm_head is the token embedding, tied; set when the weights are prepacked for the CPU.
+        self.lm_head: nn.Module | None = None
 
     def init_weights(self, generator: torch.Generator) -> None:
         """GPT-2's init (normal 0.02, residual projections scaled by 1/sqrt(2 * n_layer)), seeded."""
@@ -98,4 +100,6 @@ class GPT2(nn.Module):
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """The tied lm_head, computed only for the rows that are sampled."""
         with record_function("rosebench.model.lm_head"):
+            if self.lm_head is not None:
+                return self.lm_head(hidden).float()
             return F.linear(hidden, self.token_embedding.weight).float()

@@ -34,6 +34,7 @@ class EngineSchema:
     max_num_seqs: int | None = None  # None = scheduler.max_batch_size
     max_model_len: int | None = None  # None = the longest request of the workload
     prefix_cache: bool = True
+    prepack: bool = True
     kv_cache: KVCacheSchema = field(default_factory=KVCacheSchema)
 
 

@@ -109,6 +109,7 @@ def engine_config(e: DictConfig, max_batch_size: int, seed: int) -> EngineConfig
         max_num_seqs=e.max_num_seqs or max_batch_size,
         max_model_len=e.max_model_len,
         prefix_cache=e.prefix_cache,
+        prepack=e.prepack,
         seed=seed,
         kv_cache=KVCacheConfig(kv.block_size, kv.num_blocks, kv.memory_fraction),
     )
