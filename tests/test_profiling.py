@@ -183,12 +183,17 @@ def test_real_cpu_profile_through_session(tmp_path: Path):
     for label, stats in summary["labels"].items():
         assert stats["count"] == averages[label]
         assert 0 < stats["share"] <= 1
-    assert {"rosebench.engine.prefill", "rosebench.engine.decode", "rosebench.scheduler.step",
-            "rosebench.model.forward", "rosebench.sampler.sample"} <= set(summary["labels"])
+    assert {
+        "rosebench.engine.prefill",
+        "rosebench.engine.decode",
+        "rosebench.scheduler.step",
+        "rosebench.model.forward",
+        "rosebench.sampler.sample",
+    } <= set(summary["labels"])
 
 
 def test_short_pass_warns_and_keeps_what_it_recorded(tmp_path: Path):
-    settings = ProfileSettings(enabled=True)  # needs 0+1+1+3 = 5 steps
+    settings = ProfileSettings(enabled=True, wait=1, warmup=1, active=3)  # needs 0+1+1+3 = 5 steps
     warns = pytest.warns(ProfileScheduleWarning, match=r"ran 3 steps .* = 0\+1\+1\+3 = 5;")
     with warns, ProfileSession(settings, tmp_path, CPU) as session:
         _scheduler_pass(session, requests=1, decodes=2)
@@ -202,7 +207,7 @@ def test_short_pass_warns_and_keeps_what_it_recorded(tmp_path: Path):
 
 def test_pass_ending_before_any_active_step_writes_an_empty_summary(tmp_path: Path):
     warns = pytest.warns(ProfileScheduleWarning, match="ran 1 steps .*nothing was recorded")
-    with warns, ProfileSession(ProfileSettings(enabled=True), tmp_path, CPU) as session:
+    with warns, ProfileSession(ProfileSettings(enabled=True, wait=1, warmup=1), tmp_path, CPU) as session:
         _scheduler_pass(session, requests=1, decodes=0)
     assert session.result.traces == [] and not list(tmp_path.glob("trace_*"))
     assert json.loads((tmp_path / "summary.json").read_text())["steps"] == 0
@@ -229,11 +234,14 @@ def test_disabled_profiling_has_no_profiler(tmp_path: Path):
 
 
 def test_settings_validation_and_activities():
-    assert ProfileSettings(**{"enabled": True, "active": 2}).steps_needed == 4
+    assert ProfileSettings(**{"enabled": True, "wait": 1, "warmup": 1, "active": 2}).steps_needed == 4
     assert ProfileSettings().profiler_activities(torch.device("cuda")) == [
-        torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+        torch.profiler.ProfilerActivity.CPU,
+        torch.profiler.ProfilerActivity.CUDA,
+    ]
     assert ProfileSettings(activities=["CPU"]).profiler_activities(torch.device("cuda")) == [
-        torch.profiler.ProfilerActivity.CPU]
+        torch.profiler.ProfilerActivity.CPU
+    ]
     with pytest.raises(ValueError, match="active"):
         ProfileSettings(active=0)
     with pytest.raises(ValueError, match="activities"):

@@ -37,9 +37,11 @@ class ProfileSettings:
     """The ``profile`` config group; the runner builds it with ``ProfileSettings(**cfg)``."""
 
     enabled: bool = False
-    wait: int = 1
-    warmup: int = 1
-    active: int = 3
+    # The profiled pass runs after the timed ones, on a warm engine: recording from the first step
+    # keeps the prefill (usually step 1 offline) in the trace.
+    wait: int = 0
+    warmup: int = 0
+    active: int = 6
     repeat: int = 1  # 0: cycle until the pass ends, as torch.profiler.schedule does
     skip_first: int = 0
     activities: str | list[str] = "auto"  # "auto" = CPU, plus CUDA on a CUDA device
@@ -106,11 +108,15 @@ class ProfileSession:
     def __enter__(self) -> ProfileSession:
         s = self.settings
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        with warnings.catch_warnings():
+            # warmup=0 is deliberate here (see ProfileSettings); torch warns about it regardless.
+            warnings.filterwarnings("ignore", message="Profiler won't be using warmup")
+            schedule = torch.profiler.schedule(
+                wait=s.wait, warmup=s.warmup, active=s.active, repeat=s.repeat, skip_first=s.skip_first
+            )
         self._prof = torch.profiler.profile(
             activities=self.activities,
-            schedule=torch.profiler.schedule(
-                wait=s.wait, warmup=s.warmup, active=s.active, repeat=s.repeat, skip_first=s.skip_first
-            ),
+            schedule=schedule,
             on_trace_ready=self._export_cycle,
             record_shapes=s.record_shapes,
             profile_memory=s.profile_memory,
@@ -163,8 +169,15 @@ class ProfileSession:
         summary_path.write_text(json.dumps(summary, indent=2) + "\n")
         key_averages_path = self.out_dir / "key_averages.txt"
         key_averages_path.write_text(self._key_averages_text(notes))
-        return ProfileResult(self.steps, list(self._traces), list(self._key_averages), summary, summary_path,
-                             key_averages_path, notes)
+        return ProfileResult(
+            self.steps,
+            list(self._traces),
+            list(self._key_averages),
+            summary,
+            summary_path,
+            key_averages_path,
+            notes,
+        )
 
     def _key_averages_text(self, notes: list[str]) -> str:
         # "self_cuda_time_total" still works but is deprecated in favour of the device_* name.

@@ -80,8 +80,15 @@ class _Tally:
     device_busy_us: float = 0.0
 
     def add(self, other: _Tally) -> None:
-        for name in ("window_us", "steps", "decode_steps", "decode_cpu_ops", "decode_kernels",
-                     "device_events", "device_busy_us"):
+        for name in (
+            "window_us",
+            "steps",
+            "decode_steps",
+            "decode_cpu_ops",
+            "decode_kernels",
+            "device_events",
+            "device_busy_us",
+        ):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         for label, (count, total_us) in other.labels.items():
             self.labels[label][0] += count
@@ -95,8 +102,11 @@ class _Tally:
             "steps": self.steps,
             "decode_steps": self.decode_steps,
             "labels": {
-                label: {"count": int(count), "total_ms": total_us / 1e3,
-                        "share": total_us / window if window else 0.0}
+                label: {
+                    "count": int(count),
+                    "total_ms": total_us / 1e3,
+                    "share": total_us / window if window else 0.0,
+                }
                 for label, (count, total_us) in sorted(self.labels.items())
             },
             "cpu_ops_per_decode_step": _ratio(self.decode_cpu_ops, self.decode_steps),
@@ -149,8 +159,11 @@ def _profiler_steps(spans: list[dict[str, Any]]) -> list[dict[str, Any]]:
     steps.sort(key=lambda e: e["ts"])
     if steps:
         # Only host-side work counts: kineto may log runtime calls (a final sync) while the profiler stops.
-        others = [e for e in spans if e.get("cat") in ("cpu_op", "user_annotation")
-                  and not e["name"].startswith(STEP_PREFIX)]
+        others = [
+            e
+            for e in spans
+            if e.get("cat") in ("cpu_op", "user_annotation") and not e["name"].startswith(STEP_PREFIX)
+        ]
         if not _starting_inside(steps[-1:], others):
             steps.pop()
     return steps
@@ -204,8 +217,15 @@ def _union_length(intervals: list[Interval], start: float, end: float) -> float:
     return sum(hi - lo for lo, hi in _merge([(lo, hi) for lo, hi in clipped if hi > lo]))
 
 
-_SCALAR_KEYS = ("window_ms", "steps", "decode_steps", "cpu_ops_per_decode_step", "kernels_per_decode_step",
-                "device_busy_ms", "device_idle_fraction")
+_SCALAR_KEYS = (
+    "window_ms",
+    "steps",
+    "decode_steps",
+    "cpu_ops_per_decode_step",
+    "kernels_per_decode_step",
+    "device_busy_ms",
+    "device_idle_fraction",
+)
 
 
 def summary_metrics(summary: dict[str, Any]) -> dict[str, float]:
@@ -236,6 +256,8 @@ def format_summary(summary: dict[str, Any]) -> str:
     if rows:
         width = max(len("label"), *(len(label) for label, _ in rows))
         lines.append(f"{'label':<{width}}  {'count':>7}  {'total ms':>10}  {'share':>7}")
-        lines += [f"{label:<{width}}  {s['count']:>7}  {s['total_ms']:>10.3f}  {s['share']:>7.1%}"
-                  for label, s in rows]
+        lines += [
+            f"{label:<{width}}  {s['count']:>7}  {s['total_ms']:>10.3f}  {s['share']:>7.1%}"
+            for label, s in rows
+        ]
     return "\n".join(lines)

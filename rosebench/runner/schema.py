@@ -72,9 +72,9 @@ class WorkloadSchema:
 @dataclass
 class ProfileSchema:
     enabled: bool = False
-    wait: int = 1
-    warmup: int = 1
-    active: int = 3
+    wait: int = 0
+    warmup: int = 0
+    active: int = 6
     repeat: int = 1
     skip_first: int = 0
     activities: str = "auto"
