@@ -1,0 +1,184 @@
+"""Decode throughput of the engine's default path (attention="slot"), its ``naive`` variant and Hugging
+Face ``GPT2LMHeadModel.generate``, on identical weights and identical random-token prompts.
+
+Scenarios (greedy, float32, ignore EOS so every request makes exactly N tokens):
+  a) batch 16, prompt 32, 128 new tokens  -- target: default >= 1.4x HF generate (tok/s)
+  b) batch 64, prompt 448 + 64 new tokens -- target: default >= 5x naive (tok/s); HF only with --with-hf-long
+
+tok/s = completion tokens / wall time of the whole generation (prefill included), for every contender.
+decode tok/s = tokens made by decode steps (N - 1 per request) / time in decode steps (engine paths only).
+Each contender is warmed up once, then the runs are interleaved (A, B, C, A, B, C, ...) so machine noise
+hits all alike; the table reports the median and min-max, and ratios of medians.
+The weights are GPT2Config() drawn under --seed (the tiny preset with --quick), saved with save_pretrained
+and loaded by the engine from that folder. The engine's prefix cache is off: the same prompts repeat across
+runs and HF has no such cache.
+"""
+
+from __future__ import annotations
+
+import random
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import _common as C
+import torch
+
+from rosebench.engine import Engine, EngineConfig
+from rosebench.workload.random_tokens import random_token_ids
+
+
+@dataclass
+class Scenario:
+    name: str
+    batch: int
+    prompt_len: int
+    new_tokens: int
+    targets: list[tuple[str, str, float]]  # (numerator, denominator, minimum ratio of tok/s)
+    with_hf: bool
+
+
+@dataclass
+class Runs:
+    total_s: list[float] = field(default_factory=list)
+    decode_s: list[float] = field(default_factory=list)
+
+
+def scenarios(quick: bool, with_hf_long: bool) -> list[Scenario]:
+    a = Scenario("a", 16, 32, 128, [("default", "HF generate", 1.4)], with_hf=True)
+    b = Scenario("b", 64, 448, 64, [("default", "naive", 5.0)], with_hf=with_hf_long)
+    if quick:
+        a.batch, a.prompt_len, a.new_tokens = 4, 8, 8
+        b.batch, b.prompt_len, b.new_tokens = 8, 48, 16
+    return [a, b]
+
+
+def run_scenario(
+    s: Scenario, folder: Path, hf_model: torch.nn.Module, repeats: int, seed: int, device: str
+) -> str:
+    rng = random.Random(seed)
+    prompts = [random_token_ids(rng, s.prompt_len) for _ in range(s.batch)]
+    new = [s.new_tokens] * s.batch
+    hf_device = next(hf_model.parameters()).device
+
+    def engine_runner(attention: str) -> Callable[[], tuple[list[list[int]], float, float | None]]:
+        config = EngineConfig(
+            model="gpt2",
+            weights=str(folder),
+            attention=attention,
+            max_num_seqs=s.batch,
+            max_model_len=s.prompt_len + s.new_tokens,
+            prefix_cache=False,
+            prepack=True,
+            seed=seed,
+            device=device,
+        )
+        engine = Engine(config)
+        return lambda: C.engine_generate(engine, prompts, new)
+
+    def hf_runner() -> tuple[list[list[int]], float, float | None]:
+        C.sync(hf_device)
+        start = time.perf_counter()
+        out = C.hf_generate(hf_model, prompts, s.new_tokens)
+        C.sync(hf_device)
+        return out, time.perf_counter() - start, None
+
+    contenders: dict[str, Callable[[], tuple[list[list[int]], float, float | None]]] = {
+        "default": engine_runner("slot"),
+        "naive": engine_runner("naive"),
+    }
+    if s.with_hf:
+        contenders["HF generate"] = hf_runner
+    outputs = {name: run()[0] for name, run in contenders.items()}  # warm-up, and the tokens to compare
+    runs = {name: Runs() for name in contenders}
+    for _ in range(repeats):
+        for name, run in contenders.items():
+            _, total, decode = run()
+            runs[name].total_s.append(total)
+            if decode is not None:
+                runs[name].decode_s.append(decode)
+
+    tokens, decode_tokens = s.batch * s.new_tokens, s.batch * (s.new_tokens - 1)
+    tok_s = {name: [tokens / t for t in r.total_s] for name, r in runs.items()}
+    rows = []
+    for name, r in runs.items():
+        dec = [decode_tokens / t for t in r.decode_s]
+        rows.append(
+            [
+                name,
+                f"{C.median(tok_s[name]):.1f}",
+                C.spread(tok_s[name]),
+                f"{C.median(dec):.1f}" if dec else "-",
+                C.spread(dec) if dec else "-",
+                f"{C.median(r.total_s):.3f}",
+            ]
+        )
+    table = C.markdown_table(
+        [
+            "contender",
+            "tok/s (median)",
+            "tok/s min-max",
+            "decode tok/s (median)",
+            "decode min-max",
+            "wall s (median)",
+        ],
+        rows,
+    )
+    ratio_rows = []
+    for num, den, target in s.targets:
+        if den not in tok_s:
+            continue
+        value = C.median(tok_s[num]) / C.median(tok_s[den])
+        ratio_rows.append(
+            [f"{num} / {den} (tok/s)", f"{value:.2f}x", f">= {target}x", C.verdict(value, target)]
+        )
+    for num, den in (("default", "naive"), ("default", "HF generate")):
+        if den in tok_s and not any(t[:2] == (num, den) for t in s.targets):
+            value = C.median(tok_s[num]) / C.median(tok_s[den])
+            ratio_rows.append([f"{num} / {den} (tok/s)", f"{value:.2f}x", "-", "-"])
+    dec_ratio = C.median(runs["naive"].decode_s) / C.median(runs["default"].decode_s)
+    ratio_rows.append(["default / naive (decode tok/s)", f"{dec_ratio:.2f}x", "-", "-"])
+    checks = [f"- greedy tokens, default vs naive: {C.first_mismatch(outputs['default'], outputs['naive'])}"]
+    if "HF generate" in outputs:
+        checks.append(
+            f"- greedy tokens, default vs HF generate: "
+            f"{C.first_mismatch(outputs['default'], outputs['HF generate'])}"
+        )
+    title = (
+        f"Scenario {s.name}: batch {s.batch}, prompt {s.prompt_len}, {s.new_tokens} new tokens, "
+        f"greedy, float32, {repeats} interleaved runs after 1 warm-up"
+    )
+    return (
+        f"#### {title}\n\n{table}\n"
+        + C.markdown_table(["ratio (of medians)", "value", "target", "result"], ratio_rows)
+        + "\n"
+        + "\n".join(checks)
+        + "\n"
+    )
+
+
+def main() -> None:
+    parser = C.base_parser(__doc__)
+    parser.add_argument("--with-hf-long", action="store_true", help="also run HF generate in scenario b")
+    parser.add_argument("--scenario", choices=["a", "b", "all"], default="all")
+    parser.add_argument("--device", default="cpu", help="cpu (the targets' setting) or cuda")
+    args = parser.parse_args()
+    C.set_threads(args.threads, args.quick)
+    if args.quick:
+        args.repeats = min(args.repeats, 2)
+    sections = []
+    with tempfile.TemporaryDirectory(prefix="rosebench-hf-") as tmp:
+        hf_model = C.save_hf_gpt2(Path(tmp), args.seed, tiny=args.quick).to(args.device)
+        model_name = "tiny (--quick)" if args.quick else "gpt2 (GPT2Config())"
+        for s in scenarios(args.quick, args.with_hf_long):
+            if args.scenario in (s.name, "all"):
+                sections.append(run_scenario(s, Path(tmp), hf_model, args.repeats, args.seed, args.device))
+    body = f"Model: {model_name}, random init under seed {args.seed}, device {args.device}.\n\n"
+    body += "\n".join(sections)
+    C.emit("Engine throughput: default (slot) vs naive vs HF generate", body, args.out, args.quick)
+
+
+if __name__ == "__main__":
+    main()
