@@ -1,0 +1,278 @@
+"""Compare runs: their swept params and headline metrics as a table (text, CSV, Markdown) and plots.
+
+python -m rosebench.report --experiment rosebench
+python -m rosebench.report --parent <run id> --format markdown --plots plots/
+python -m rosebench.report --sweep outputs/multirun/2026-11-30/05-30-00 --format csv --out sweep.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlflow import MlflowClient
+from mlflow.entities import Run
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+from rosebench.tracking.plots import HEADLINE_METRICS, SweepPoint, plot_sweep
+from rosebench.tracking.run_logger import (
+    config_params,
+    describe_error,
+    find_run_folders,
+    read_results,
+    run_status,
+)
+from rosebench.tracking.store import connect, resolve_tracking_uri, sqlite_path
+
+SWEEP_PARENT_TAG = "rosebench_sweep_parent"  # set on sweep parent runs, which have no metrics of their own
+
+
+@dataclass
+class RunRow:
+    """One run: its name, status, params (config plus Hydra overrides) and metrics."""
+
+    name: str
+    status: str
+    params: dict[str, str]
+    override_keys: list[str]
+    metrics: dict[str, float]
+    order: tuple[float, float]  # (Hydra job number, start time): jobs in launch order
+
+
+def override_params(overrides: Iterable[str]) -> dict[str, str]:
+    """`["num_requests=16", "+x=1", "engine=paged"]` -> {key: value}; deletions (`~key`) are skipped."""
+    parsed = {}
+    for override in overrides:
+        key, sep, value = override.lstrip("+").partition("=")
+        if sep and not key.startswith("~"):
+            parsed[key] = value
+    return parsed
+
+
+def _row(
+    name: str,
+    status: str,
+    params: dict[str, str],
+    overrides: list[str],
+    metrics: dict[str, float],
+    order: tuple[float, float],
+) -> RunRow:
+    from_overrides = override_params(overrides)
+    # Resolved config values win; overrides add what the config does not hold (config group choices).
+    return RunRow(name, status, {**from_overrides, **params}, list(from_overrides), metrics, order)
+
+
+def row_from_run(run: Run) -> RunRow:
+    """A row from an MLflow run logged by rosebench.tracking."""
+    tags = run.data.tags
+    job_num = float(tags["hydra_job_num"]) if "hydra_job_num" in tags else math.inf
+    return _row(
+        run.info.run_name or run.info.run_id,
+        run.info.status,
+        dict(run.data.params),
+        json.loads(tags.get("hydra_overrides", "[]")),
+        dict(run.data.metrics),
+        (job_num, float(run.info.start_time or 0)),
+    )
+
+
+def row_from_folder(run_dir: Path) -> RunRow:
+    """A row from a run folder's results.json (no MLflow involved)."""
+    results = read_results(run_dir)
+    run = results.get("run", {})
+    job_num = run.get("job_num")
+    return _row(
+        run.get("name") or run_dir.name,
+        run_status(results),
+        config_params(results.get("config", {})),
+        run.get("overrides", []),
+        {k: float(v) for k, v in results.get("metrics", {}).items() if isinstance(v, (int, float))},
+        (math.inf if job_num is None else float(job_num), 0.0),
+    )
+
+
+def swept_keys(rows: Sequence[RunRow]) -> list[str]:
+    """Params whose values differ across the runs; keys set by overrides first, in command-line order.
+
+    Runs that lack a param (one killed before logging it) do not make it differ.
+    """
+    keys = dict.fromkeys(k for row in rows for k in row.override_keys)
+    keys.update(dict.fromkeys(k for row in rows for k in sorted(row.params)))
+    return [k for k in keys if len({row.params[k] for row in rows if k in row.params}) > 1]
+
+
+@dataclass
+class Table:
+    """Runs as a table: run name, swept params, headline metrics, status."""
+
+    swept: list[str]
+    rows: list[RunRow]
+
+    @classmethod
+    def of(cls, rows: Iterable[RunRow]) -> Table:
+        ordered = sorted(rows, key=lambda r: (*r.order, r.name))
+        return cls(swept_keys(ordered), ordered)
+
+    @property
+    def header(self) -> list[str]:
+        return ["run", *self.swept, *HEADLINE_METRICS, "status"]
+
+    @property
+    def metric_columns(self) -> range:
+        start = 1 + len(self.swept)
+        return range(start, start + len(HEADLINE_METRICS))
+
+    def cells(self, row: RunRow) -> list[str | float | None]:
+        metrics: list[str | float | None] = [row.metrics.get(m) for m in HEADLINE_METRICS]
+        return [row.name, *(row.params.get(k, "") for k in self.swept), *metrics, row.status]
+
+    def columns(self) -> dict[str, list[str | float | None]]:
+        """Column name -> values, the shape `MlflowClient.log_table` takes."""
+        return {name: [self.cells(row)[i] for row in self.rows] for i, name in enumerate(self.header)}
+
+    def points(self) -> list[SweepPoint]:
+        return [SweepPoint(row.params, row.metrics) for row in self.rows]
+
+    def plots(self, out_dir: Path) -> list[Path]:
+        return plot_sweep(self.points(), self.swept, out_dir)
+
+
+def _number(value: float) -> str:
+    return f"{value:.2f}" if abs(value) >= 1 else f"{value:.3g}"
+
+
+def _text(cell: str | float | None) -> str:
+    if cell is None:
+        return ""
+    return _number(cell) if isinstance(cell, float) else str(cell)
+
+
+def to_csv(table: Table) -> str:
+    """Full-precision values; empty cells for missing metrics."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(table.header)
+    writer.writerows([["" if c is None else c for c in table.cells(row)] for row in table.rows])
+    return out.getvalue()
+
+
+def to_markdown(table: Table) -> str:
+    numeric = table.metric_columns
+    lines = [
+        "| " + " | ".join(table.header) + " |",
+        "|" + "|".join("---:" if i in numeric else "---" for i in range(len(table.header))) + "|",
+    ]
+    lines += ["| " + " | ".join(_text(c) for c in table.cells(row)) + " |" for row in table.rows]
+    return "\n".join(lines) + "\n"
+
+
+def to_text(table: Table) -> str:
+    """Aligned columns for the console; metrics right-aligned."""
+    grid = [table.header, *([_text(c) for c in table.cells(row)] for row in table.rows)]
+    widths = [max(len(line[i]) for line in grid) for i in range(len(table.header))]
+    numeric = table.metric_columns
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(
+            c.rjust(w) if i in numeric else c.ljust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        )
+
+    return "\n".join(line(cells).rstrip() for cells in grid) + "\n"
+
+
+FORMATS = {"table": to_text, "csv": to_csv, "markdown": to_markdown}
+
+
+def _all_runs(client: MlflowClient, experiment_ids: list[str], filter_string: str) -> list[Run]:
+    runs: list[Run] = []
+    page_token = None
+    while True:
+        page = client.search_runs(experiment_ids, filter_string, max_results=1000, page_token=page_token)
+        runs.extend(page)
+        page_token = page.token
+        if not page_token:
+            return runs
+
+
+def child_runs(client: MlflowClient, parent_run_id: str) -> list[Run]:
+    experiment_id = client.get_run(parent_run_id).info.experiment_id
+    return _all_runs(client, [experiment_id], f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}'")
+
+
+def experiment_runs(client: MlflowClient, name: str) -> list[Run]:
+    """The experiment's benchmark runs (sweep parents left out: they have no metrics of their own)."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        raise LookupError(f"no MLflow experiment named {name!r}")
+    runs = _all_runs(client, [experiment.experiment_id], "")
+    return [run for run in runs if SWEEP_PARENT_TAG not in run.data.tags]
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"rosebench.report: error: {message}", file=sys.stderr)
+    return code
+
+
+def _rows(args: argparse.Namespace) -> list[RunRow]:
+    if args.sweep is not None:
+        return [row_from_folder(d) for d in find_run_folders(args.sweep)]
+    uri = resolve_tracking_uri(args.uri)
+    db = sqlite_path(uri)
+    if db is not None and not db.is_file():
+        raise LookupError(f"no MLflow database at {db}")  # MlflowClient would create an empty one
+    client = connect(uri)
+    runs = child_runs(client, args.parent) if args.parent else experiment_runs(client, args.experiment)
+    return [row_from_run(run) for run in runs]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m rosebench.report", description=__doc__.splitlines()[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--experiment", help="all runs of this MLflow experiment")
+    source.add_argument("--parent", metavar="RUN_ID", help="the child runs of this sweep parent run")
+    source.add_argument(
+        "--sweep", type=Path, metavar="DIR", help="a run or sweep folder (reads results.json)"
+    )
+    parser.add_argument(
+        "--uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)"
+    )
+    parser.add_argument("--format", choices=list(FORMATS), default="table")
+    parser.add_argument("--out", type=Path, help="write the table here instead of stdout")
+    parser.add_argument("--plots", type=Path, metavar="DIR", help="write metric-vs-param PNGs here")
+    args = parser.parse_args(argv)
+
+    if args.sweep is not None and not args.sweep.is_dir():
+        return _fail(f"{args.sweep} is not a directory", 2)
+    try:
+        rows = _rows(args)
+    except (LookupError, ValueError) as error:
+        return _fail(str(error), 1)
+    except Exception as error:  # the store: unreachable, bad run id, ...
+        return _fail(describe_error(error), 1)
+    if not rows:
+        return _fail("no runs found", 1)
+
+    table = Table.of(rows)
+    text = FORMATS[args.format](table)
+    try:
+        if args.out is not None:
+            args.out.write_text(text)
+        else:
+            sys.stdout.write(text)
+        for path in table.plots(args.plots) if args.plots is not None else []:
+            print(f"wrote {path}", file=sys.stderr)
+    except OSError as error:
+        return _fail(str(error), 1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""Where MLflow records go: settings, tracking-URI resolution, experiments, the sweep hand-off file."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+from mlflow import MlflowClient
+from mlflow.entities import LifecycleStage
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
+
+# MLflow 3.17 retries a failed HTTP request 7 times with exponential backoff (minutes through a
+# refused port) and waits 120 s per request. A benchmark whose store is down must give up in seconds
+# and keep its results on disk, so these are the defaults here; a user's own values win.
+FAST_FAIL_HTTP_ENV = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
+
+SWEEP_HANDOFF = "mlflow_sweep.json"
+_SQLITE = "sqlite:///"
+
+
+@dataclass
+class TrackingSettings:
+    """The `tracking` config group."""
+
+    enabled: bool = True
+    uri: str | None = None
+    experiment: str = "rosebench"
+    system_metrics: bool = False
+    artifacts: bool = True
+
+    @classmethod
+    def of(cls, obj: Any) -> TrackingSettings:
+        """Copy from anything with these attributes (a DictConfig, another dataclass)."""
+        return cls(**{f.name: getattr(obj, f.name, f.default) for f in fields(cls)})
+
+
+def resolve_tracking_uri(uri: str | None = None) -> str:
+    """`uri`, else `$MLFLOW_TRACKING_URI`, else `sqlite:///<cwd>/mlflow.db`; sqlite paths made absolute."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or f"{_SQLITE}{Path.cwd() / 'mlflow.db'}"
+    scheme = urlparse(uri).scheme
+    if scheme == "file" or (not scheme and ("/" in uri or uri.startswith("."))):
+        # MLflow 3.17 refuses the file store unless MLFLOW_ALLOW_FILE_STORE=true; say what to use instead.
+        raise ValueError(
+            f"tracking URI {uri!r} is a file store; use sqlite:///path/mlflow.db or http://host:port"
+        )
+    db = sqlite_path(uri)
+    # Absolute, so that the sweep's jobs and a later upload find the same database from any cwd.
+    return f"{_SQLITE}{db.resolve()}" if db is not None else uri
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a `sqlite:///` URI, None for other stores."""
+    return Path(unquote(uri[len(_SQLITE) :])) if uri.startswith(_SQLITE) else None
+
+
+def connect(uri: str) -> MlflowClient:
+    """A client for `uri` whose HTTP calls fail fast when the server is down."""
+    for name, value in FAST_FAIL_HTTP_ENV.items():
+        os.environ.setdefault(name, value)
+    return MlflowClient(tracking_uri=uri)
+
+
+def get_or_create_experiment(client: MlflowClient, name: str, uri: str) -> str:
+    """The id of experiment `name`, created if missing (artifacts next to a sqlite database)."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        db = sqlite_path(uri)
+        # Without an explicit location, sqlite experiments put artifacts in ./mlruns of whatever cwd the
+        # first process had; next to the database they stay findable.
+        location = str(db.resolve().parent / "mlruns") if db is not None else None
+        try:
+            return client.create_experiment(name, artifact_location=location)
+        except MlflowException:
+            # Another process created it between our lookup and our create.
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+    if experiment.lifecycle_stage == LifecycleStage.DELETED:
+        raise ValueError(f"MLflow experiment {name!r} is deleted; restore it or choose another name")
+    return experiment.experiment_id
+
+
+def run_exists(client: MlflowClient, run_id: str) -> bool:
+    """Whether `run_id` is a live (not deleted) run in the client's store; store errors propagate."""
+    try:
+        return client.get_run(run_id).info.lifecycle_stage != LifecycleStage.DELETED
+    except MlflowException as error:
+        # Only "no such run": an unreachable store must not read as "not logged yet" (-> duplicates).
+        if error.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+            return False
+        raise
+
+
+def ui_hint(uri: str, experiment_id: str, run_id: str) -> str:
+    """One line telling the user where to look at a run."""
+    if uri.startswith(("http://", "https://")):
+        return f"MLflow run: {uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    # The 3.17 UI opens experiments on a GenAI page; the runs table is the useful view.
+    return (
+        f"MLflow run {run_id}: run `mlflow ui --backend-store-uri {uri}` "
+        f"and open http://127.0.0.1:5000/#/experiments/{experiment_id}/runs"
+    )
+
+
+@dataclass
+class SweepHandoff:
+    """What the launcher process tells a sweep's jobs: where to log and under which parent run."""
+
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+
+    def write(self, sweep_dir: Path) -> None:
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        (sweep_dir / SWEEP_HANDOFF).write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def read(cls, sweep_dir: Path) -> SweepHandoff | None:
+        path = sweep_dir / SWEEP_HANDOFF
+        return cls(**json.loads(path.read_text())) if path.is_file() else None

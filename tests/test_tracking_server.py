@@ -1,0 +1,124 @@
+"""rosebench.tracking through a real `mlflow server` (HTTP store, proxied artifacts)."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+from test_tracking import artifact_paths, make_run_folder
+
+from rosebench.tracking import TrackedRun, TrackingSettings
+from rosebench.tracking.store import run_exists
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(url: str, server: subprocess.Popen, timeout_s: float = 300) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"mlflow server exited with {server.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"mlflow server at {url} not healthy after {timeout_s} s")
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def stop_group(server: subprocess.Popen, timeout_s: float = 20) -> None:
+    """SIGTERM the server's whole process group (uvicorn workers, job consumers), SIGKILL what remains."""
+    pgid = server.pid  # start_new_session=True: the server leads its own group
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        if not group_alive(pgid):
+            break
+        os.killpg(pgid, sig)
+        deadline = time.monotonic() + timeout_s
+        while group_alive(pgid) and time.monotonic() < deadline:
+            server.poll()  # reap the leader so that it does not linger as a zombie
+            time.sleep(0.2)
+    server.wait(timeout=timeout_s)
+    assert not group_alive(pgid), "mlflow server left processes behind"
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    port = free_port()
+    log = (tmp_path / "server.log").open("w")
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",  # the default 4 uvicorn workers only slow the start on a small CI machine
+        "--backend-store-uri",
+        f"sqlite:///{tmp_path / 'server.db'}",
+        "--serve-artifacts",
+        "--artifacts-destination",
+        str(tmp_path / "artifacts"),
+    ]
+    server = subprocess.Popen(
+        command, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_healthy(url, server)
+        yield url
+    finally:
+        stop_group(server)
+        log.close()
+
+
+def test_run_folder_through_server(mlflow_server, tmp_path, monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)
+    run_dir = tmp_path / "outputs" / "run"
+    tracked = TrackedRun(TrackingSettings(uri=mlflow_server), run_dir, "online-num_requests=8")
+    with caplog.at_level("INFO", logger="rosebench.tracking"), tracked:
+        make_run_folder(run_dir, 8, profiled=True)
+
+    record = json.loads((run_dir / "tracking.json").read_text())
+    assert record["logged"] is True and record["tracking_uri"] == mlflow_server
+    link = f"{mlflow_server}/#/experiments/{record['experiment_id']}/runs/{record['run_id']}"
+    assert link in caplog.text
+
+    client = MlflowClient(mlflow_server)
+    run = client.get_run(record["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["num_requests"] == "8"
+    assert run.data.metrics["throughput_completion_tok_s"] == pytest.approx(800.0)
+    assert run.data.tags["profiled"] == "yes"
+    assert len(client.get_metric_history(run.info.run_id, "pass/ttft_ms_p50")) == 3
+    assert {"results.json", "profile/trace_0.json.gz", "hydra/config.yaml"} <= artifact_paths(
+        client, record["run_id"]
+    )
+    # Proxied artifacts land under the server's destination, not in the client's cwd.
+    assert list(Path(tmp_path / "artifacts").rglob("trace_0.json.gz"))
+    assert not (tmp_path / "mlruns").exists()
+    assert run_exists(client, record["run_id"]) and not run_exists(client, "0" * 32)
