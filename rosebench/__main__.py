@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -15,6 +17,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from rosebench.conf_dir import conf_dir
 from rosebench.runner.schema import register_schemas
+from rosebench.tracking.settings import TrackingSettings
+
+if TYPE_CHECKING:
+    from rosebench.tracking import TrackedRun
 
 log = logging.getLogger("rosebench")
 register_schemas()
@@ -62,8 +68,6 @@ def benchmark(cfg: DictConfig) -> dict:
     from rosebench.runner.environment import environment
     from rosebench.runner.results import write_outputs, write_results
     from rosebench.runner.settings import run_settings
-    from rosebench.tracking import TrackedRun
-    from rosebench.tracking.store import ui_hint
 
     settings = run_settings(cfg)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -79,11 +83,8 @@ def benchmark(cfg: DictConfig) -> dict:
         "profile": None,
         "run": _run_block(cfg, settings.profile.enabled),
     }
-    sweep_dir = results["run"]["sweep_dir"]
-    tracked = TrackedRun(
-        settings.tracking, run_dir, results["run"]["name"], Path(sweep_dir) if sweep_dir else None
-    )
-    with tracked:
+    tracked = _tracked_run(settings.tracking, run_dir, results["run"])
+    with tracked or contextlib.nullcontext():
         try:
             outcome = run_passes(settings, setup, run_dir)
         except BaseException as error:
@@ -110,10 +111,22 @@ def benchmark(cfg: DictConfig) -> dict:
             print(f"profiled pass (untimed, not in the figures above): {run_dir / 'profile'}")
             print(format_summary(outcome.profile.summary))
     print(f"results: {run_dir / 'results.json'}")
-    record = tracked.record
-    if record.logged:
+    if tracked is not None and tracked.record.logged:
+        from rosebench.tracking.store import ui_hint
+
+        record = tracked.record
         print(f"mlflow: {ui_hint(record.tracking_uri, record.experiment_id, record.run_id)}")
     return results["metrics"]
+
+
+def _tracked_run(tracking: TrackingSettings, run_dir: Path, run: dict) -> TrackedRun | None:
+    """The MLflow run around the passes, or None with tracking off (then MLflow is never imported)."""
+    if not tracking.enabled:
+        return None
+    from rosebench.tracking import TrackedRun
+
+    sweep_dir = Path(run["sweep_dir"]) if run["sweep_dir"] else None
+    return TrackedRun(tracking, run_dir, run["name"], sweep_dir)
 
 
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")
@@ -123,9 +136,9 @@ def _hydra_main(cfg: DictConfig) -> dict:
     try:
         return benchmark(cfg)
     except ConfigError as error:
+        print(f"rosebench: error: {error}", file=sys.stderr)
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             raise  # Hydra marks this job failed and runs the others
-        print(f"rosebench: error: {error}", file=sys.stderr)
         sys.exit(1)
 
 

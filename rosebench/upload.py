@@ -23,16 +23,16 @@ from rosebench.tracking.run_logger import (
     is_run_folder,
     log_run_folder,
 )
+from rosebench.tracking.settings import TrackingSettings
 from rosebench.tracking.store import (
     SweepHandoff,
-    TrackingSettings,
     connect,
     get_or_create_experiment,
     resolve_tracking_uri,
     run_exists,
     ui_hint,
 )
-from rosebench.tracking.sweep_callback import close_sweep_parent, create_sweep_parent
+from rosebench.tracking.sweep_parent import close_sweep_parent, create_sweep_parent
 
 
 def already_logged(client: MlflowClient, run_dir: Path) -> str | None:

@@ -21,7 +21,8 @@ from omegaconf import OmegaConf
 from rosebench import report, upload
 from rosebench.tracking import TrackedRun, TrackingSettings, TrackingWarning, log_run_folder
 from rosebench.tracking.store import SWEEP_HANDOFF, resolve_tracking_uri
-from rosebench.tracking.sweep_callback import SWEEP_TABLE, MlflowSweepCallback
+from rosebench.tracking.sweep_callback import MlflowSweepCallback
+from rosebench.tracking.sweep_parent import SWEEP_TABLE
 
 REPO = Path(__file__).resolve().parents[1]
 HEADLINE = [

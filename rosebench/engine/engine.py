@@ -94,8 +94,9 @@ class Engine:
         total = num_prompt_tokens + max_new_tokens
         if total > self.max_model_len:
             raise RequestTooLongError(
-                f"{num_prompt_tokens} prompt + {max_new_tokens} new tokens = {total} exceeds "
-                f"the model context max_model_len={self.max_model_len}"
+                f"{num_prompt_tokens} prompt tokens + max_new_tokens={max_new_tokens} = {total} exceeds the "
+                f"model context of {self.max_model_len} positions "
+                f"(allowed: prompt + max_new_tokens <= {self.max_model_len})"
             )
         needed = self.blocks.blocks_for(total)
         if needed > self.blocks.num_blocks:

@@ -13,7 +13,7 @@ from rosebench.engine import EngineConfig, KVCacheConfig, SamplingParams
 from rosebench.engine.config import ATTENTION_VARIANTS, DTYPES, MODEL_PRESETS
 from rosebench.profiling import ProfileSettings
 from rosebench.scheduler import SchedulerConfig
-from rosebench.tracking import TrackingSettings
+from rosebench.tracking.settings import TrackingSettings
 from rosebench.workload import KIND_OPTIONS
 
 

@@ -19,9 +19,9 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID
 from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH, MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
 
+from rosebench.tracking.settings import TrackingSettings
 from rosebench.tracking.store import (
     SweepHandoff,
-    TrackingSettings,
     connect,
     get_or_create_experiment,
     resolve_tracking_uri,

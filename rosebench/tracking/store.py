@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 from urllib.parse import unquote, urlparse
 
 from mlflow import MlflowClient
@@ -25,22 +24,6 @@ FAST_FAIL_HTTP_ENV = {
 
 SWEEP_HANDOFF = "mlflow_sweep.json"
 _SQLITE = "sqlite:///"
-
-
-@dataclass
-class TrackingSettings:
-    """The `tracking` config group."""
-
-    enabled: bool = True
-    uri: str | None = None
-    experiment: str = "rosebench"
-    system_metrics: bool = False
-    artifacts: bool = True
-
-    @classmethod
-    def of(cls, obj: Any) -> TrackingSettings:
-        """Copy from anything with these attributes (a DictConfig, another dataclass)."""
-        return cls(**{f.name: getattr(obj, f.name, f.default) for f in fields(cls)})
 
 
 def resolve_tracking_uri(uri: str | None = None) -> str:
