@@ -1,8 +1,9 @@
 """Block accounting: a fixed budget of KV blocks with reference counts, and the prefix cache.
 
 A full block is identified by a chained hash of its token ids and its parent block's hash (as vLLM and
-nano-vllm do), so equal hashes mean equal prefixes up to that block; the block's own token ids are kept
-and compared on a hit, so a hash collision can never serve wrong K/V. Freed blocks keep their hash and
+nano-vllm do), so equal hashes mean equal prefixes up to that block. A hit also compares the key the
+hash was made from (the block's token ids and its parent's hash), so a collision cannot serve another
+prefix's K/V. Freed blocks keep their hash and
 stay reusable until the allocator hands them out again, least recently freed first.
 """
 
@@ -22,6 +23,7 @@ class Block:
     ref_count: int = 0
     hash: int | None = None
     token_ids: tuple[int, ...] = ()
+    parent_hash: int | None = None  # with token_ids, the key that ``hash`` was computed from
 
 
 def chain_hash(parent: int | None, token_ids: tuple[int, ...]) -> int:
@@ -63,11 +65,14 @@ class BlockManager:
         parent: int | None = None
         for start in range(0, len(token_ids) - self.block_size + 1, self.block_size):
             chunk = tuple(token_ids[start : start + self.block_size])
-            parent = chain_hash(parent, chunk)
-            block_id = self._by_hash.get(parent)
-            if block_id is None or self.blocks[block_id].token_ids != chunk:
+            block_id = self._by_hash.get(chain_hash(parent, chunk))
+            if block_id is None:
+                break
+            block = self.blocks[block_id]
+            if block.token_ids != chunk or block.parent_hash != parent:
                 break
             hits.append(block_id)
+            parent = block.hash
         return hits
 
     def can_allocate(self, num_tokens: int, cached: list[int]) -> bool:
@@ -103,19 +108,19 @@ class BlockManager:
         parent: int | None = None
         for index in range(len(token_ids) // self.block_size):
             chunk = tuple(token_ids[index * self.block_size : (index + 1) * self.block_size])
-            parent = chain_hash(parent, chunk)
+            key = chain_hash(parent, chunk)
             block = self.blocks[table[index]]
-            if block.hash is not None:
-                continue
-            if parent not in self._by_hash:
-                block.hash, block.token_ids = parent, chunk
-                self._by_hash[parent] = block.block_id
+            if block.hash is None and key not in self._by_hash:
+                block.hash, block.token_ids, block.parent_hash = key, chunk, parent
+                self._by_hash[key] = block.block_id
+            parent = key
 
     def free(self, table: list[int]) -> None:
+        for block_id in table:  # check first, so a bad free changes nothing
+            if self.blocks[block_id].ref_count <= 0:
+                raise RuntimeError(f"block {block_id} freed more often than allocated")
         for block_id in reversed(table):  # tail blocks first: they are the least likely to be shared
             block = self.blocks[block_id]
-            if block.ref_count <= 0:
-                raise RuntimeError(f"block {block_id} freed more often than allocated")
             block.ref_count -= 1
             if block.ref_count == 0:
                 self._free[block_id] = None
@@ -126,7 +131,7 @@ class BlockManager:
         block = self.blocks[block_id]
         if block.hash is not None and self._by_hash.get(block.hash) == block_id:
             del self._by_hash[block.hash]
-        block.hash, block.token_ids = None, ()
+        block.hash, block.token_ids, block.parent_hash = None, (), None
 
     def record_lookup(self, num_prompt_tokens: int, num_hit_tokens: int) -> None:
         self.prefix_queries += num_prompt_tokens

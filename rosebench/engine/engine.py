@@ -125,12 +125,12 @@ class Engine:
         if not self.blocks.can_allocate(len(token_ids), hits):
             return False
         with record_function("rosebench.engine.admit"):
-            slot = self.cache.lowest_free_slot()
+            slot = self._pick_slot(hits)
             self._claim_slot(slot, keep=dict(enumerate(hits)))
             table = self.blocks.allocate(len(token_ids), hits)
             self._copy_in(slot, hits)
             for index, block_id in enumerate(table):
-                self.cache.locations[block_id] = (slot, index)
+                self.cache.place(block_id, slot, index)
         cached_tokens = len(hits) * self.block_size
         if not seq.output_token_ids:  # hit rate counts prompts, not recomputation after preemption
             self.blocks.record_lookup(len(token_ids), cached_tokens)
@@ -147,6 +147,8 @@ class Engine:
         return needed <= self.blocks.num_free
 
     def free(self, seq: Sequence) -> None:
+        if seq.slot is None:  # already freed (finished or preempted)
+            return
         self.blocks.free(seq.block_table)
         self.cache.owner[seq.slot] = None
         self._running.pop(seq.seq_id, None)
@@ -175,7 +177,7 @@ class Engine:
         with record_function("rosebench.engine.decode"):
             for seq in seqs:
                 self.blocks.append_slot(seq.block_table, seq.num_tokens)
-                self.cache.locations[seq.block_table[-1]] = (seq.slot, len(seq.block_table) - 1)
+                self.cache.place(seq.block_table[-1], seq.slot, len(seq.block_table) - 1)
             self._compact(seqs)
             order = sorted(range(len(seqs)), key=lambda i: seqs[i].slot)
             batch = [seqs[i] for i in order]
@@ -242,9 +244,9 @@ class Engine:
                 None,
             )
             if holder is not None:
-                self.cache.locations[block_id] = (holder.slot, index)
+                self.cache.place(block_id, holder.slot, index)
             else:
-                del self.cache.locations[block_id]
+                self.cache.forget(block_id)
                 self.blocks.evict(block_id)
 
     def _copy_in(self, slot: int, hits: list[int]) -> None:
@@ -258,19 +260,36 @@ class Engine:
 
     def _compact(self, seqs: list[Sequence]) -> None:
         """Move sequences into the lowest slots so the decode batch reads K/V as a view, not a gather.
-        Only when the batch is every running sequence; otherwise attention gathers its slots."""
+        Only when the batch is every running sequence; otherwise attention gathers its slots. A move
+        swaps the two slots, so prefix-cached content in the free target survives in the source."""
         if len(seqs) != len(self._running):
             return
         with record_function("rosebench.kv.compact"):
             for seq in sorted((s for s in seqs if s.slot >= len(seqs)), key=lambda s: -s.slot):
                 source, target = seq.slot, self.cache.lowest_free_slot()
-                self._claim_slot(target, keep={})
-                self.cache.copy_blocks(source, target, list(range(len(seq.block_table))))
-                for block_id, index in self.cache.blocks_in_slot(source):
-                    if index < len(seq.block_table) and seq.block_table[index] == block_id:
-                        self.cache.locations[block_id] = (target, index)
+                in_target = self.cache.blocks_in_slot(target)
+                span = max([len(seq.block_table)] + [index + 1 for _, index in in_target])
+                self.cache.swap_blocks(source, target, span)
                 self.cache.owner[source], self.cache.owner[target] = None, seq.seq_id
                 seq.slot = target
+
+    def _pick_slot(self, hits: list[int]) -> int:
+        """The free slot that already holds most of ``hits`` in place, else the one whose loss of
+        prefix-cached content is smallest, else the lowest."""
+
+        def cost(slot: int) -> tuple[int, int, int]:
+            kept = lost = 0
+            for block_id, index in self.cache.blocks_in_slot(slot):
+                if index < len(hits) and hits[index] == block_id:
+                    kept += 1
+                elif (
+                    self.blocks.blocks[block_id].hash is not None
+                    and self.blocks.blocks[block_id].ref_count == 0
+                ):
+                    lost += 1
+            return -kept, lost, slot
+
+        return min((s for s, owner in enumerate(self.cache.owner) if owner is None), key=cost)
 
     def _num_slots(self, blocks_per_slot: int) -> int:
         fraction = self.config.kv_cache.memory_fraction

@@ -39,8 +39,9 @@ class SlotKVCache:
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.owner: list[int | None] = [None] * num_slots  # seq_id per slot
-        # block id -> (slot, index within the slot) where that block's K/V currently are.
+        # Where each block's K/V currently are, both ways: block id -> (slot, index), slot -> {index: id}.
         self.locations: dict[int, tuple[int, int]] = {}
+        self._by_slot: list[dict[int, int]] = [{} for _ in range(num_slots)]
 
     @staticmethod
     def bytes_per_token(cfg: ModelConfig, dtype: torch.dtype) -> int:
@@ -55,7 +56,35 @@ class SlotKVCache:
 
     def blocks_in_slot(self, slot: int) -> list[tuple[int, int]]:
         """(block id, index) of every block whose content is in ``slot``."""
-        return [(block_id, index) for block_id, (s, index) in self.locations.items() if s == slot]
+        return [(block_id, index) for index, block_id in self._by_slot[slot].items()]
+
+    def place(self, block_id: int, slot: int, index: int) -> None:
+        self.forget(block_id)
+        displaced = self._by_slot[slot].get(index)
+        if displaced is not None:  # callers claim a slot before writing into it
+            raise RuntimeError(f"block {displaced} is still at slot {slot} index {index}")
+        self.locations[block_id] = (slot, index)
+        self._by_slot[slot][index] = block_id
+
+    def forget(self, block_id: int) -> None:
+        location = self.locations.pop(block_id, None)
+        if location is not None:
+            del self._by_slot[location[0]][location[1]]
+
+    def swap_blocks(self, a: int, b: int, num_blocks: int) -> None:
+        """Exchange the first ``num_blocks`` blocks of two slots (content and locations), all layers."""
+        with record_function("rosebench.kv.swap_blocks"):
+            end = num_blocks * self.block_size
+            for cache in (self.k, self.v):
+                held = cache[:, a, :, :end].clone()
+                cache[:, a, :, :end] = cache[:, b, :, :end]
+                cache[:, b, :, :end] = held
+        moving = self.blocks_in_slot(a), self.blocks_in_slot(b)
+        for block_id, _ in moving[0] + moving[1]:
+            self.forget(block_id)
+        for source_blocks, target in ((moving[0], b), (moving[1], a)):
+            for block_id, index in source_blocks:
+                self.place(block_id, target, index)
 
     def copy_blocks(self, src_slot: int, dst_slot: int, indices: list[int]) -> None:
         """Copy whole blocks between slots (a prefix hit, or a compaction move), all layers at once."""

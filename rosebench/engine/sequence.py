@@ -20,9 +20,9 @@ class SamplingParams:
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens={self.max_new_tokens}: must be >= 1")
-        if self.temperature < 0:
+        if not self.temperature >= 0:  # rejects NaN too
             raise ValueError(f"temperature={self.temperature}: must be >= 0")
-        if self.top_k < 0:
+        if not self.top_k >= 0:
             raise ValueError(f"top_k={self.top_k}: must be >= 0 (0 = off)")
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p={self.top_p}: must be in (0, 1]")

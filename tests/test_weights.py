@@ -1,0 +1,327 @@
+"""Weight loading: HF folders (safetensors or pytorch_model.bin, with or without the ``transformer.``
+prefix), rosetrainer-style ``.pt`` checkpoints, and errors that name the file and the key."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from rosebench.engine import Engine, EngineConfig, SamplingParams, Sequence, WeightsError
+from rosebench.engine.config import resolve_device
+from rosebench.engine.weights import build_model
+
+PROMPT = [15496, 11, 616, 1438, 318, 257]
+NEW_TOKENS = 8
+
+# HF GPT2LMHeadModel name -> rosetrainer name; Conv1D weights are [in, out], nn.Linear's are [out, in].
+_LAYER_MAP = {
+    "ln_1.weight": "ln_1.weight",
+    "ln_1.bias": "ln_1.bias",
+    "attn.c_attn.weight": "attn.qkv_proj.weight",
+    "attn.c_attn.bias": "attn.qkv_proj.bias",
+    "attn.c_proj.weight": "attn.out_proj.weight",
+    "attn.c_proj.bias": "attn.out_proj.bias",
+    "ln_2.weight": "ln_2.weight",
+    "ln_2.bias": "ln_2.bias",
+    "mlp.c_fc.weight": "mlp.fc1.weight",
+    "mlp.c_fc.bias": "mlp.fc1.bias",
+    "mlp.c_proj.weight": "mlp.fc2.weight",
+    "mlp.c_proj.bias": "mlp.fc2.bias",
+}
+_TOP_MAP = {
+    "wte.weight": "token_embedding.weight",
+    "wpe.weight": "position_embedding.weight",
+    "ln_f.weight": "ln_f.weight",
+    "ln_f.bias": "ln_f.bias",
+}
+_CONV1D = {"attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def to_rosetrainer(hf_model) -> dict[str, torch.Tensor]:
+    ours = {}
+    for key, tensor in hf_model.state_dict().items():
+        name = key.removeprefix("transformer.")
+        if name == "lm_head.weight" or name.split(".", 2)[-1] in ("attn.bias", "attn.masked_bias"):
+            continue  # tied head; causal-mask buffers of older transformers
+        if name in _TOP_MAP:
+            ours[_TOP_MAP[name]] = tensor.clone()
+            continue
+        _, layer, rest = name.split(".", 2)
+        ours[f"blocks.{layer}.{_LAYER_MAP[rest]}"] = (tensor.t() if rest in _CONV1D else tensor).clone()
+    return ours
+
+
+def rosetrainer_config(hf_model) -> dict:
+    c = hf_model.config
+    # rosetrainer's own spellings, not HF's: the loader accepts these aliases.
+    return {
+        "vocab_size": c.vocab_size,
+        "max_seq_len": c.n_positions,
+        "d_model": c.n_embd,
+        "n_layers": c.n_layer,
+        "n_heads": c.n_head,
+    }
+
+
+def save_checkpoint(path: Path, state: dict, config: dict) -> Path:
+    torch.save({"model": state, "config": config, "step": 123}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def pt_checkpoint(hf_tiny_model, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("rosetrainer")
+    return save_checkpoint(
+        folder / "ckpt.pt", to_rosetrainer(hf_tiny_model), rosetrainer_config(hf_tiny_model)
+    )
+
+
+@pytest.fixture(scope="module")
+def hf_reference(hf_tiny_model) -> list[int]:
+    with torch.no_grad():
+        out = hf_tiny_model.generate(
+            torch.tensor([PROMPT]),
+            attention_mask=torch.ones(1, len(PROMPT), dtype=torch.long),
+            max_new_tokens=NEW_TOKENS,
+            do_sample=False,
+            pad_token_id=hf_tiny_model.config.eos_token_id,
+        )
+    return out[0, len(PROMPT) :].tolist()
+
+
+def engine_greedy(weights: Path) -> list[int]:
+    engine = Engine(EngineConfig(weights=str(weights), device="cpu", max_num_seqs=1, prepack=False))
+    seq = Sequence(0, PROMPT, SamplingParams(max_new_tokens=NEW_TOKENS))
+    assert engine.admit(seq)
+    engine.prefill([seq])
+    while not seq.is_finished:
+        engine.decode([seq])
+    return seq.output_token_ids
+
+
+def copy_config(src: Path, dst: Path) -> Path:
+    dst.mkdir(parents=True, exist_ok=True)
+    shutil.copy(src / "config.json", dst / "config.json")
+    return dst
+
+
+def assert_same_weights(model, reference) -> None:
+    ours, theirs = model.state_dict(), reference.state_dict()
+    assert ours.keys() == theirs.keys()
+    for key in ours:
+        assert torch.equal(ours[key], theirs[key]), key
+
+
+# -- sources that load --------------------------------------------------------------------------------
+def test_hf_safetensors_folder_greedy_matches_hf(hf_tiny_dir, hf_reference):
+    assert (hf_tiny_dir / "model.safetensors").is_file()
+    assert engine_greedy(hf_tiny_dir) == hf_reference
+
+
+def test_rosetrainer_checkpoint_greedy_matches_hf(pt_checkpoint, hf_tiny_dir, hf_reference):
+    assert_same_weights(build_model("gpt2", str(pt_checkpoint), 0), build_model("gpt2", str(hf_tiny_dir), 0))
+    assert engine_greedy(pt_checkpoint) == hf_reference
+
+
+def test_rosetrainer_checkpoint_compiled_prefix_and_tied_head(hf_tiny_model, hf_tiny_dir, tmp_path):
+    """torch.compile'd state dicts (``_orig_mod.``) and an explicit lm_head equal to the embedding load."""
+    state = {f"_orig_mod.{k}": v for k, v in to_rosetrainer(hf_tiny_model).items()}
+    state["_orig_mod.lm_head.weight"] = state["_orig_mod.token_embedding.weight"].clone()
+    path = save_checkpoint(tmp_path / "compiled.pt", state, rosetrainer_config(hf_tiny_model))
+    assert_same_weights(build_model("gpt2", str(path), 0), build_model("gpt2", str(hf_tiny_dir), 0))
+
+
+def test_hf_folder_with_pytorch_model_bin(hf_tiny_model, hf_tiny_dir, hf_reference, tmp_path):
+    folder = copy_config(hf_tiny_dir, tmp_path / "bin")
+    torch.save(hf_tiny_model.state_dict(), folder / "pytorch_model.bin")
+    assert not (folder / "model.safetensors").exists()
+    assert_same_weights(build_model("gpt2", str(folder), 0), build_model("gpt2", str(hf_tiny_dir), 0))
+    assert engine_greedy(folder) == hf_reference
+
+
+def test_hf_keys_without_transformer_prefix(hf_tiny_model, hf_tiny_dir, hf_reference, tmp_path):
+    folder = copy_config(hf_tiny_dir, tmp_path / "bare")
+    state = {k.removeprefix("transformer."): v.clone() for k, v in hf_tiny_model.state_dict().items()}
+    state.pop("lm_head.weight", None)
+    assert not any(k.startswith("transformer.") for k in state)
+    save_file(state, str(folder / "model.safetensors"))
+    assert_same_weights(build_model("gpt2", str(folder), 0), build_model("gpt2", str(hf_tiny_dir), 0))
+    assert engine_greedy(folder) == hf_reference
+
+
+# -- errors name the file and the key ------------------------------------------------------------------
+def test_hf_folder_missing_config_json(hf_tiny_dir, tmp_path):
+    folder = tmp_path / "noconfig"
+    folder.mkdir()
+    shutil.copy(hf_tiny_dir / "model.safetensors", folder / "model.safetensors")
+    with pytest.raises(WeightsError, match="config.json") as info:
+        build_model("gpt2", str(folder), 0)
+    assert str(folder / "config.json") in str(info.value)
+
+
+def test_hf_config_json_missing_key(hf_tiny_dir, tmp_path):
+    folder = copy_config(hf_tiny_dir, tmp_path / "badconfig")
+    config = json.loads((folder / "config.json").read_text())
+    del config["n_embd"]
+    (folder / "config.json").write_text(json.dumps(config))
+    shutil.copy(hf_tiny_dir / "model.safetensors", folder / "model.safetensors")
+    with pytest.raises(WeightsError) as info:
+        build_model("gpt2", str(folder), 0)
+    message = str(info.value)
+    assert str(folder / "config.json") in message and "n_embd" in message
+
+
+def test_hf_folder_missing_weights_file(hf_tiny_dir, tmp_path):
+    folder = copy_config(hf_tiny_dir, tmp_path / "noweights")
+    with pytest.raises(WeightsError) as info:
+        build_model("gpt2", str(folder), 0)
+    message = str(info.value)
+    assert str(folder) in message
+    assert "model.safetensors" in message and "pytorch_model.bin" in message
+
+
+def test_missing_weights_path(tmp_path):
+    missing = tmp_path / "nowhere.pt"
+    with pytest.raises(WeightsError) as info:
+        build_model("gpt2", str(missing), 0)
+    assert str(missing) in str(info.value) and "engine.weights" in str(info.value)
+
+
+def test_hf_shape_mismatch(hf_tiny_model, hf_tiny_dir, tmp_path):
+    folder = copy_config(hf_tiny_dir, tmp_path / "shape")
+    state = {k: v.clone() for k, v in hf_tiny_model.state_dict().items() if k != "lm_head.weight"}
+    key = "transformer.h.1.mlp.c_fc.bias"
+    state[key] = state[key][:-1].clone()
+    save_file(state, str(folder / "model.safetensors"))
+    with pytest.raises(WeightsError) as info:
+        build_model("gpt2", str(folder), 0)
+    message = str(info.value)
+    assert str(folder / "model.safetensors") in message
+    assert "'blocks.1.mlp.fc1.bias'" in message and "(255,)" in message and "(256,)" in message
+
+
+def test_hf_unknown_key(hf_tiny_model, hf_tiny_dir, tmp_path):
+    folder = copy_config(hf_tiny_dir, tmp_path / "unknown")
+    state = {k: v.clone() for k, v in hf_tiny_model.state_dict().items() if k != "lm_head.weight"}
+    state["transformer.h.0.attn.rotary.weight"] = torch.zeros(3)
+    torch.save(state, folder / "pytorch_model.bin")
+    with pytest.raises(WeightsError) as info:
+        build_model("gpt2", str(folder), 0)
+    message = str(info.value)
+    assert str(folder / "pytorch_model.bin") in message and "transformer.h.0.attn.rotary.weight" in message
+
+
+def test_hf_missing_key(hf_tiny_model, hf_tiny_dir, tmp_path):
+    folder = copy_config(hf_tiny_dir, tmp_path / "missing")
+    state = {k: v.clone() for k, v in hf_tiny_model.state_dict().items() if k != "lm_head.weight"}
+    del state["transformer.ln_f.bias"]
+    save_file(state, str(folder / "model.safetensors"))
+    with pytest.raises(WeightsError) as info:
+        build_model("gpt2", str(folder), 0)
+    message = str(info.value)
+    assert str(folder / "model.safetensors") in message and "'ln_f.bias'" in message
+
+
+def test_checkpoint_shape_mismatch(hf_tiny_model, tmp_path):
+    state = to_rosetrainer(hf_tiny_model)
+    state["blocks.0.attn.qkv_proj.weight"] = state["blocks.0.attn.qkv_proj.weight"].t().contiguous()
+    path = save_checkpoint(tmp_path / "shape.pt", state, rosetrainer_config(hf_tiny_model))
+    with pytest.raises(WeightsError) as info:
+        build_model("gpt2", str(path), 0)
+    message = str(info.value)
+    assert str(path) in message and "'blocks.0.attn.qkv_proj.weight'" in message
+    assert "(64, 192)" in message and "(192, 64)" in message
+
+
+def test_checkpoint_unknown_key(hf_tiny_model, tmp_path):
+    state = to_rosetrainer(hf_tiny_model)
+    state["blocks.0.attn.c_attn.weight"] = state.pop("blocks.0.attn.qkv_proj.weight")  # HF name in a .pt
+    path = save_checkpoint(tmp_path / "unknown.pt", state, rosetrainer_config(hf_tiny_model))
+    with pytest.raises(WeightsError) as info:
+        build_model("gpt2", str(path), 0)
+    message = str(info.value)
+    assert str(path) in message and "'blocks.0.attn.c_attn.weight'" in message
+
+
+def test_checkpoint_missing_key(hf_tiny_model, tmp_path):
+    state = to_rosetrainer(hf_tiny_model)
+    del state["blocks.1.ln_2.weight"]
+    path = save_checkpoint(tmp_path / "missing.pt", state, rosetrainer_config(hf_tiny_model))
+    with pytest.raises(WeightsError) as info:
+        build_model("gpt2", str(path), 0)
+    message = str(info.value)
+    assert str(path) in message and "'blocks.1.ln_2.weight'" in message
+
+
+def test_checkpoint_config_missing_field(hf_tiny_model, tmp_path):
+    config = rosetrainer_config(hf_tiny_model)
+    del config["n_heads"]
+    path = save_checkpoint(tmp_path / "noheads.pt", to_rosetrainer(hf_tiny_model), config)
+    with pytest.raises(WeightsError) as info:
+        build_model("gpt2", str(path), 0)
+    message = str(info.value)
+    assert str(path) in message and "'n_head'" in message
+
+
+def test_checkpoint_untied_lm_head(hf_tiny_model, tmp_path):
+    state = to_rosetrainer(hf_tiny_model)
+    state["lm_head.weight"] = state["token_embedding.weight"] + 1.0
+    path = save_checkpoint(tmp_path / "untied.pt", state, rosetrainer_config(hf_tiny_model))
+    with pytest.raises(WeightsError) as info:
+        build_model("gpt2", str(path), 0)
+    assert str(path) in str(info.value) and "'lm_head.weight'" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [[1, 2, 3], {"state_dict": {}, "config": {}}, {"model": {}}],
+    ids=["list", "no-model-key", "no-config-key"],
+)
+def test_checkpoint_not_a_rosetrainer_dict(payload, tmp_path):
+    path = tmp_path / "odd.pt"
+    torch.save(payload, path)
+    with pytest.raises(WeightsError) as info:
+        build_model("gpt2", str(path), 0)
+    message = str(info.value)
+    assert str(path) in message and "'model'" in message and "'config'" in message
+
+
+def test_checkpoint_not_a_torch_file(tmp_path):
+    path = tmp_path / "text.pt"
+    path.write_text("not a checkpoint")
+    with pytest.raises(WeightsError) as info:
+        build_model("gpt2", str(path), 0)
+    assert str(path) in str(info.value)
+
+
+# -- config errors ---------------------------------------------------------------------------------
+def test_unknown_preset_names_the_key():
+    with pytest.raises(ValueError, match=r"engine\.model=gpt5") as info:
+        Engine(EngineConfig(model="gpt5", device="cpu"))
+    assert "tiny" in str(info.value)  # lists the allowed presets
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU error")
+def test_cuda_without_gpu_names_the_key():
+    with pytest.raises(ValueError, match=r"engine\.device=cuda"):
+        Engine(EngineConfig(model="tiny", device="cuda"))
+    with pytest.raises(ValueError, match=r"engine\.device=cuda:1"):
+        resolve_device("cuda:1")
+
+
+def test_unknown_device_names_the_key():
+    with pytest.raises(ValueError, match=r"engine\.device=tpu"):
+        resolve_device("tpu")
