@@ -86,6 +86,10 @@ class Engine:
         return self.cache.num_slots
 
     @property
+    def prefix_cache(self) -> bool:
+        return self.blocks.enable_prefix_cache
+
+    @property
     def num_running(self) -> int:
         return len(self._running)
 

@@ -54,7 +54,11 @@ class BatchScheduler:
     # -- lifecycle of a timed pass -------------------------------------------------------------------
     def validate(self, requests: list[Request]) -> None:
         """Reject a request that could never complete before the run starts, naming it."""
+        seen: set[int] = set()
         for request in requests:
+            if request.request_id in seen:
+                raise ValueError(f"request {request.request_id}: duplicate request id")
+            seen.add(request.request_id)
             try:
                 self.engine.check_request(len(request.prompt_token_ids), request.params.max_new_tokens)
             except ValueError as err:
@@ -120,6 +124,8 @@ class BatchScheduler:
             # The first sequence of a step is admitted whatever its length, so a long prompt cannot stall.
             if admitted and seq.num_tokens > budget:
                 break
+            if self._shares_uncached_prefix(seq, admitted):
+                break  # next step it hits the blocks this step computes, instead of recomputing them
             if not self.engine.admit(seq):
                 break
             self.waiting.popleft()
@@ -130,6 +136,18 @@ class BatchScheduler:
             if record.scheduled_s is None:
                 record.scheduled_s = self.now()
         return admitted
+
+    def _shares_uncached_prefix(self, seq: Sequence, admitted: list[Sequence]) -> bool:
+        """Whether ``seq`` starts with the same full block as a sequence prefilled in this very step:
+        that block is published to the prefix cache only once the step has computed it."""
+        size = self.engine.block_size
+        if not self.engine.prefix_cache or seq.num_tokens <= size:
+            return False
+        head = seq.token_ids[:size]
+        return any(
+            other.num_computed_tokens < size and other.num_tokens > size and other.token_ids[:size] == head
+            for other in admitted
+        )
 
     def _make_room_for_decode(self) -> None:
         # Recompute-preemption, newest first (as vLLM): the oldest requests keep their progress.
