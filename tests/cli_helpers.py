@@ -1,0 +1,60 @@
+"""Run the real ``python -m rosebench`` CLI in a subprocess and read what it leaves behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+
+# The cheapest shape of a run: a 2-layer model, no MLflow, one timed pass and no warm-up.
+FAST = ("engine=tiny", "tracking=off", "warmup=0", "repeat=1")
+
+
+def cli_env(pythonpath: bool = True) -> dict[str, str]:
+    """The environment of a CLI subprocess: this checkout first on the path, nothing that changes errors."""
+    env = os.environ.copy()
+    for key in ("HYDRA_FULL_ERROR", "MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "PYTHONPATH"):
+        env.pop(key, None)
+    if pythonpath:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    return env
+
+
+def run_cli(
+    cwd: Path, *args: str, python: str = sys.executable, timeout: float = 600, pythonpath: bool = True
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [python, "-m", "rosebench", *args],
+        cwd=cwd,
+        env=cli_env(pythonpath),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def describe(proc: subprocess.CompletedProcess[str]) -> str:
+    return (
+        f"exit code {proc.returncode}\n--- stdout (tail) ---\n{proc.stdout[-3000:]}"
+        f"\n--- stderr (tail) ---\n{proc.stderr[-3000:]}"
+    )
+
+
+def assert_ok(proc: subprocess.CompletedProcess[str]) -> None:
+    assert proc.returncode == 0, describe(proc)
+    assert "Traceback" not in proc.stderr, describe(proc)
+
+
+def read_results(run_dir: Path) -> dict[str, Any]:
+    return json.loads((run_dir / "results.json").read_text())
+
+
+def read_outputs(run_dir: Path) -> list[dict[str, Any]]:
+    lines = (run_dir / "outputs.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines if line.strip()]

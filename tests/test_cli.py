@@ -1,0 +1,427 @@
+"""The Hydra runner end to end: the real ``python -m rosebench`` in a subprocess, run in a temporary folder.
+
+Each subprocess costs several seconds of imports, so the spellings a user may type are grouped into a
+few runs whose results.json and outputs.jsonl show that every override took effect.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from cli_helpers import FAST, assert_ok, describe, read_outputs, read_results, run_cli
+
+EOS = 50256
+ROW_KEYS = {
+    "request_id",
+    "prompt_token_ids",
+    "output_token_ids",
+    "text",
+    "arrival_s",
+    "first_token_s",
+    "finish_s",
+    "ttft_ms",
+    "e2e_ms",
+}
+METRIC_KEYS = {
+    "requests",
+    "prompt_tokens",
+    "completion_tokens",
+    "throughput_completion_tok_s",
+    "throughput_total_tok_s",
+    "request_throughput_req_s",
+    "ttft_ms_p50",
+    "ttft_ms_p99",
+    "tpot_ms_mean",
+    "itl_ms_p50",
+    "e2e_ms_p90",
+    "mean_batch_size",
+    "prefix_cache_hit_rate",
+}
+
+
+def _tokenizer():
+    from rosebench.engine.tokenizer import load_tokenizer
+
+    return load_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def eos_weights_dir(hf_tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The HF tiny fixture with ln_f collapsed so that every position's argmax is <|endoftext|>."""
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path_factory.mktemp("hf_eos")
+    shutil.copy(hf_tiny_dir / "config.json", folder / "config.json")
+    state = load_file(hf_tiny_dir / "model.safetensors")
+    width = state["transformer.ln_f.weight"].shape[0]
+    direction = torch.ones(width) / math.sqrt(width)
+    state["transformer.ln_f.weight"] = torch.zeros(width)
+    state["transformer.ln_f.bias"] = direction.clone()
+    wte = state["transformer.wte.weight"].clone()
+    wte[EOS] = 50 * direction
+    state["transformer.wte.weight"] = wte
+    save_file({k: v.contiguous() for k, v in state.items()}, folder / "model.safetensors", {"format": "pt"})
+    return folder
+
+
+# --------------------------------------------------------------------------------------------- runs
+
+
+def test_default_shaped_run_writes_results_outputs_and_table(tmp_path: Path) -> None:
+    proc = run_cli(
+        tmp_path, "engine=tiny", "tracking=off", "num_requests=3", "max_new_tokens=4", "warmup=0", "repeat=2"
+    )
+    assert_ok(proc)
+    found = list(tmp_path.glob("outputs/*/*/results.json"))
+    assert len(found) == 1, f"expected one run folder under outputs/<date>/<time>/, got {found}"
+    run_dir = found[0].parent
+    results = read_results(run_dir)
+    assert {"config", "metrics", "passes", "environment", "profile"} <= results.keys()
+
+    config = results["config"]
+    assert "${" not in json.dumps(config), "results.json config is not resolved"
+    assert config["mode"] == "offline"
+    assert config["num_requests"] == 3 and config["max_new_tokens"] == 4 and config["repeat"] == 2
+    assert config["engine"]["model"] == "tiny"
+    assert config["tracking"]["enabled"] is False
+
+    metrics = results["metrics"]
+    assert metrics.keys() >= METRIC_KEYS, sorted(METRIC_KEYS - metrics.keys())
+    assert metrics["requests"] == 3
+    assert metrics["prompt_tokens"] == 3  # "Hello" is one token
+    assert 3 <= metrics["completion_tokens"] <= 12
+    assert metrics["throughput_completion_tok_s"] > 0 and metrics["ttft_ms_p50"] > 0
+    assert len(results["passes"]) == 2
+    assert all(p["requests"] == 3 for p in results["passes"])
+
+    env = results["environment"]
+    assert env["python"] and env["torch"] == torch.__version__ and env["device"] == "cpu"
+    assert results["profile"] is None
+    assert not (run_dir / "profile").exists()
+
+    rows = read_outputs(run_dir)
+    assert [r["request_id"] for r in rows] == [0, 1, 2]
+    hello = _tokenizer().encode("Hello")
+    for row in rows:
+        assert row.keys() >= ROW_KEYS, sorted(ROW_KEYS - row.keys())
+        assert row["prompt_token_ids"] == hello
+        assert 1 <= len(row["output_token_ids"]) <= 4
+        assert row["text"] == _tokenizer().decode(row["output_token_ids"])
+        assert row["ttft_ms"] > 0 and row["e2e_ms"] >= row["ttft_ms"]
+
+    for line in ("requests", "completion throughput (tok/s)", "TTFT", "TPOT", "ITL", "E2E"):
+        assert line in proc.stdout, f"summary table lacks {line!r}:\n{proc.stdout}"
+    assert "mean of 2 timed passes" in proc.stdout
+    assert str(run_dir / "results.json") in proc.stdout
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists(), "tracking=off logged"
+
+
+def test_online_spellings(tmp_path: Path) -> None:
+    """mode=online, a finite request rate, naive attention, no prefix cache, one sequence at a time."""
+    proc = run_cli(
+        tmp_path,
+        *FAST,
+        "mode=online",
+        "scheduler.request_rate=50",
+        "engine.attention=naive",
+        "engine.device=cpu",
+        "engine.dtype=float32",
+        "engine.prefix_cache=false",
+        "scheduler.max_batch_size=1",
+        "sampling=top_k_top_p",
+        "workload=shared_prefix",
+        "workload.num_prefixes=1",
+        "workload.prefix_len=32",
+        "workload.suffix_len=4",
+        "num_requests=3",
+        "max_new_tokens=3",
+        "hydra.run.dir=run",
+    )
+    assert_ok(proc)
+    run_dir = tmp_path / "run"
+    assert not (tmp_path / "outputs").exists(), "hydra.run.dir was ignored"
+    results = read_results(run_dir)
+    config, engine = results["config"], results["config"]["engine"]
+    assert config["mode"] == "online"
+    assert config["scheduler"]["request_rate"] == 50 and config["scheduler"]["max_batch_size"] == 1
+    assert (engine["attention"], engine["device"], engine["dtype"], engine["prefix_cache"]) == (
+        "naive",
+        "cpu",
+        "float32",
+        False,
+    )
+    assert (config["sampling"]["top_k"], config["sampling"]["top_p"]) == (40, 0.9)
+    assert config["workload"]["kind"] == "shared_prefix"
+    assert results["environment"]["device"] == "cpu"
+
+    metrics = results["metrics"]
+    assert metrics["requests"] == 3
+    assert metrics["mean_batch_size"] == 1.0
+    assert metrics["prefix_cache_hit_rate"] == 0.0
+
+    rows = read_outputs(run_dir)
+    assert len(rows) == 3
+    arrivals = [r["arrival_s"] for r in rows]
+    assert arrivals[0] > 0 and arrivals == sorted(arrivals), f"no Poisson arrivals at rate 50: {arrivals}"
+    prefixes = {tuple(r["prompt_token_ids"][:32]) for r in rows}
+    assert len(prefixes) == 1 and all(len(r["prompt_token_ids"]) == 36 for r in rows)
+    assert all(r["num_cached_tokens"] == 0 for r in rows), "engine.prefix_cache=false still hit the cache"
+    assert all(1 <= len(r["output_token_ids"]) <= 3 for r in rows)
+
+
+def test_offline_hf_weights_jsonl_greedy_matches_transformers(
+    tmp_path: Path, hf_tiny_dir: Path, hf_tiny_model
+) -> None:
+    workload = tmp_path / "prompts.jsonl"
+    workload.write_text(
+        json.dumps({"prompt": "The quick brown fox"})
+        + "\n\n"
+        + json.dumps({"prompt_token_ids": [464, 2068, 7586], "max_new_tokens": 3})
+        + "\n"
+    )
+    proc = run_cli(
+        tmp_path,
+        *FAST,
+        "mode=offline",
+        f"engine.weights={hf_tiny_dir}",
+        "sampling=greedy",
+        "scheduler.request_rate=inf",
+        "workload=jsonl",
+        f"workload.path={workload}",
+        "num_requests=3",
+        "max_new_tokens=5",
+        "hydra.run.dir=run",
+    )
+    assert_ok(proc)
+    run_dir = tmp_path / "run"
+    results = read_results(run_dir)
+    assert results["config"]["engine"]["weights"] == str(hf_tiny_dir)
+    assert results["config"]["workload"]["kind"] == "jsonl"
+    assert results["config"]["workload"]["path"] == str(workload)
+    assert results["config"]["scheduler"]["request_rate"] == "inf"
+    assert results["metrics"]["requests"] == 3
+
+    rows = read_outputs(run_dir)
+    fox = _tokenizer().encode("The quick brown fox")
+    assert [r["prompt_token_ids"] for r in rows] == [fox, [464, 2068, 7586], fox]  # the file is cycled
+    assert [len(r["output_token_ids"]) for r in rows] == [5, 3, 5]  # a line's max_new_tokens wins
+    assert all(r["arrival_s"] == 0 for r in rows)
+    for row in rows:
+        ids = torch.tensor([row["prompt_token_ids"]])
+        with torch.no_grad():
+            for _ in row["output_token_ids"]:
+                ids = torch.cat([ids, hf_tiny_model(ids).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+        expected = ids[0, len(row["prompt_token_ids"]) :].tolist()
+        assert row["output_token_ids"] == expected, "engine.weights=<HF folder> does not generate as HF does"
+
+
+def test_ignore_eos_generates_exactly_max_new_tokens(tmp_path: Path, eos_weights_dir: Path) -> None:
+    # A relative path keeps the job folder names flat (override_dirname does not escape "/").
+    shutil.copytree(eos_weights_dir, tmp_path / "eos")
+    proc = run_cli(
+        tmp_path,
+        "--multirun",
+        *FAST,
+        "engine.weights=eos",
+        "workload=random",
+        "workload.input_len=6",
+        "num_requests=3",
+        "max_new_tokens=4",
+        "sampling.ignore_eos=false,true",
+        "hydra.sweep.dir=sweep",
+    )
+    assert_ok(proc)
+    by_flag = {}
+    for path in (tmp_path / "sweep").glob("*/results.json"):
+        results = read_results(path.parent)
+        by_flag[results["config"]["sampling"]["ignore_eos"]] = read_outputs(path.parent)
+    assert set(by_flag) == {False, True}, describe(proc)
+    for row in by_flag[False]:  # the model only ever predicts <|endoftext|>: each request stops at once
+        assert row["output_token_ids"] in ([], [EOS]) and row["finish_reason"] == "stop", row
+    for row in by_flag[True]:
+        assert len(row["prompt_token_ids"]) == 6
+        assert row["output_token_ids"] == [EOS] * 4, row
+
+
+def test_profile_enabled_writes_trace_and_profile_block(tmp_path: Path) -> None:
+    proc = run_cli(
+        tmp_path,
+        *FAST,
+        "profile.enabled=true",
+        "mode=online",
+        "scheduler.max_batch_size=2",
+        "workload=shared_prefix",
+        "workload.num_prefixes=1",
+        "workload.prefix_len=32",
+        "workload.suffix_len=4",
+        "num_requests=4",
+        "max_new_tokens=4",
+        "hydra.run.dir=run",
+    )
+    assert_ok(proc)
+    run_dir = tmp_path / "run"
+    traces = list((run_dir / "profile").glob("*.json.gz"))
+    assert traces, f"no .json.gz trace in {run_dir / 'profile'}"
+    results = read_results(run_dir)
+    assert results["config"]["profile"]["enabled"] is True
+    assert results["profile"] is not None
+    assert results["profile"]["traces"] and results["profile"]["summary"]
+    assert len(results["passes"]) == 1  # the profiled pass is not one of the timed passes
+    # Requests 2 and 3 start after 0 and 1 finish and reuse their 32-token prefix (prefix cache on).
+    assert results["metrics"]["prefix_cache_hit_rate"] > 0
+    assert results["metrics"]["mean_batch_size"] <= 2
+
+
+@pytest.mark.parametrize("engine", ["gpt2", "gpt2-medium"])
+def test_big_engine_presets_compose(tmp_path: Path, engine: str) -> None:
+    proc = run_cli(tmp_path, f"engine={engine}", "tracking=off", "--cfg", "job")
+    assert_ok(proc)
+    config = yaml.safe_load(proc.stdout)
+    assert config["engine"]["model"] == engine
+    assert config["engine"]["weights"] is None
+    assert not (tmp_path / "outputs").exists(), "--cfg job ran the benchmark"
+
+
+def test_tracking_uri(tmp_path: Path) -> None:
+    db = tmp_path / "store" / "mlflow.db"
+    db.parent.mkdir()
+    proc = run_cli(
+        tmp_path,
+        "engine=tiny",
+        "warmup=0",
+        "repeat=1",
+        "num_requests=1",
+        "max_new_tokens=2",
+        f"tracking.uri=sqlite:///{db}",
+        "hydra.run.dir=run",
+    )
+    assert_ok(proc)
+    assert read_results(tmp_path / "run")["config"]["tracking"]["uri"] == f"sqlite:///{db}"
+    assert db.is_file() and db.stat().st_size > 0, "tracking.uri was not used"
+    assert not (tmp_path / "mlflow.db").exists(), "logged to the default store instead of tracking.uri"
+    assert "mlflow:" in proc.stdout
+
+
+# ------------------------------------------------------------------------------------------ bad values
+
+_ONE_LINE = "rosebench: error: "
+# id -> (overrides, words the message must contain, whether it is rosebench's own one-line message)
+BAD = {
+    "num_requests=0": (["num_requests=0"], ["num_requests", ">= 1"], True),
+    "top_p=1.5": (["sampling.top_p=1.5"], ["sampling.top_p", "(0, 1]"], True),
+    "max_batch_size=-1": (["scheduler.max_batch_size=-1"], ["scheduler.max_batch_size", ">= 1"], True),
+    "jsonl-without-path": (["workload=jsonl"], ["workload.path", "required"], True),
+    "jsonl-missing-file": (
+        ["workload=jsonl", "workload.path=/nonexistent"],
+        ["workload.path", "/nonexistent"],
+        True,
+    ),
+    "device=cuda": (["engine.device=cuda"], ["engine.device", "cpu"], True),
+    "dtype=float64": (["engine.dtype=float64"], ["engine.dtype", "float32", "bfloat16", "float16"], True),
+    "attention=flash": (["engine.attention=flash"], ["engine.attention", "slot", "naive"], True),
+    "mode=sideways": (["mode=sideways"], ["mode", "offline", "online"], False),
+    "unknown-key": (["engine.foo=1"], ["engine.foo"], False),
+    "jsonl-malformed-line": (["workload=jsonl", "workload.path=bad.jsonl"], ["bad.jsonl:2"], True),
+    # engine=tiny has 256 positions: the message must name the key to lower and the limit.
+    "too-long-for-context": (["max_new_tokens=300"], ["max_new_tokens", "300", "256"], True),
+}
+
+
+@pytest.fixture(scope="module")
+def bad_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, subprocess.CompletedProcess[str]]:
+    """Every bad-value run, two at a time: they fail early, so most of their cost is imports."""
+    root = tmp_path_factory.mktemp("bad")
+
+    def one(case: str) -> subprocess.CompletedProcess[str]:
+        cwd = root / case.replace("=", "_")
+        cwd.mkdir()
+        (cwd / "bad.jsonl").write_text('{"prompt": "fine"}\n{"prompt": broken\n')
+        overrides = BAD[case][0]
+        return run_cli(cwd, *FAST, "num_requests=2", "max_new_tokens=4", *overrides)
+
+    cases = [c for c in BAD if c != "device=cuda" or not torch.cuda.is_available()]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return dict(zip(cases, pool.map(one, cases)))
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        pytest.param(
+            c,
+            marks=pytest.mark.skipif(
+                c == "device=cuda" and torch.cuda.is_available(), reason="CUDA is available here"
+            ),
+        )
+        for c in BAD
+    ],
+)
+def test_bad_value_is_one_clear_line(
+    case: str, bad_runs: dict[str, subprocess.CompletedProcess[str]]
+) -> None:
+    proc = bad_runs[case]
+    _, words, own = BAD[case]
+    assert proc.returncode == 1, describe(proc)
+    assert "Traceback" not in proc.stderr, describe(proc)
+    for word in words:
+        assert word in proc.stderr, f"message lacks {word!r}\n{describe(proc)}"
+    if own:
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith(_ONE_LINE), describe(proc)
+
+
+# -------------------------------------------------------------------------------------------- multirun
+
+
+def _job_dirs(sweep_root: Path) -> dict[str, Path]:
+    return {p.name: p for p in sweep_root.glob("outputs/multirun/*/*/*") if p.is_dir()}
+
+
+def test_multirun_two_points(tmp_path: Path) -> None:
+    proc = run_cli(tmp_path, "--multirun", *FAST, "max_new_tokens=2", "num_requests=1,2")
+    assert_ok(proc)
+    jobs = _job_dirs(tmp_path)
+    assert len(jobs) == 2, jobs
+    for n in (1, 2):
+        (name,) = [name for name in jobs if f"num_requests={n}" in name.split(",")]
+        results = read_results(jobs[name])
+        assert results["metrics"]["requests"] == n
+        assert results["config"]["num_requests"] == n
+        assert len(read_outputs(jobs[name])) == n
+
+
+def test_multirun_failing_job_does_not_stop_the_others(tmp_path: Path) -> None:
+    proc = run_cli(tmp_path, "--multirun", *FAST, "max_new_tokens=2", "num_requests=0,2")
+    assert proc.returncode != 0, describe(proc)
+    jobs = _job_dirs(tmp_path)
+    (bad,) = [p for name, p in jobs.items() if "num_requests=0" in name.split(",")]
+    (good,) = [p for name, p in jobs.items() if "num_requests=2" in name.split(",")]
+    assert not (bad / "results.json").exists() or read_results(bad)["run"]["status"] == "FAILED"
+    assert read_results(good)["metrics"]["requests"] == 2, describe(proc)
+    assert "num_requests=0: must be >= 1" in proc.stderr
+
+
+@pytest.mark.slow
+def test_multirun_submitit_local(tmp_path: Path) -> None:
+    proc = run_cli(
+        tmp_path,
+        "--multirun",
+        "hydra/launcher=submitit_local",
+        *FAST,
+        "max_new_tokens=2",
+        "num_requests=1,2",
+        "hydra.sweep.dir=sweep",
+    )
+    assert_ok(proc)
+    found = {
+        read_results(p.parent)["config"]["num_requests"] for p in (tmp_path / "sweep").glob("*/results.json")
+    }
+    assert found == {1, 2}, describe(proc)

@@ -1,0 +1,126 @@
+"""The built wheel is a working rosebench: configs and tokenizer ship inside it, and the CLI runs from it.
+
+The wheel is built from a copy of the working tree (so the checkout gets no build/ folder), installed
+without dependencies into a fresh venv that reuses this interpreter's packages (torch, hydra, ...), and
+run from a folder outside the repository.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+from cli_helpers import REPO, assert_ok, cli_env, describe, read_results, run_cli
+
+pytestmark = pytest.mark.slow
+
+_SKIP = shutil.ignore_patterns(
+    ".git",
+    "build",
+    "dist",
+    "*.egg-info",
+    "__pycache__",
+    ".venv",
+    "outputs",
+    "multirun",
+    "mlruns",
+    "mlflow.db*",
+)
+
+
+def _copy_source(dest: Path) -> Path:
+    """The files git would ship (tracked or not ignored), else the tree without build and run outputs."""
+    try:
+        listed = subprocess.run(
+            ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+            cwd=REPO,
+            capture_output=True,
+            check=True,
+        ).stdout.decode()
+    except (OSError, subprocess.CalledProcessError):
+        shutil.copytree(REPO, dest, ignore=_SKIP)
+        return dest
+    for name in filter(None, listed.split("\0")):
+        source = REPO / name
+        if source.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest / name)
+    return dest
+
+
+def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        args, cwd=cwd, env=cli_env(pythonpath=False), capture_output=True, text=True, timeout=600
+    )
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    source = _copy_source(tmp_path_factory.mktemp("src"))
+    outdir = tmp_path_factory.mktemp("dist")
+    # No isolation: build with the setuptools installed here instead of downloading one (no network in CI
+    # sandboxes); no dependency check: setuptools >= 70.1 builds wheels without the "wheel" distribution.
+    build = [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--skip-dependency-check"]
+    proc = _run([*build, "--outdir", str(outdir)], source)
+    assert proc.returncode == 0, describe(proc)
+    (built,) = outdir.glob("rosebench-*.whl")
+    return built
+
+
+@pytest.fixture(scope="module")
+def venv_python(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    venv = tmp_path_factory.mktemp("venv")
+    proc = _run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], venv)
+    assert proc.returncode == 0, describe(proc)
+    python = venv / "bin" / "python"
+    # pip comes from the system site-packages; --ignore-installed never touches the editable install there.
+    install = [str(python), "-m", "pip", "install", "--no-deps", "--no-index", "--ignore-installed"]
+    proc = _run([*install, str(wheel)], venv)
+    assert proc.returncode == 0, describe(proc)
+    return python
+
+
+def test_wheel_ships_configs_and_tokenizer(wheel: Path) -> None:
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for name in (
+        "rosebench/__main__.py",
+        "rosebench/conf/config.yaml",
+        "rosebench/conf/engine/tiny.yaml",
+        "rosebench/conf/engine/gpt2.yaml",
+        "rosebench/conf/workload/jsonl.yaml",
+        "rosebench/conf/tracking/off.yaml",
+        "rosebench/conf/hydra/launcher/parallel.yaml",
+        "rosebench/engine/assets/gpt2.tiktoken",
+    ):
+        assert name in names, f"{name} is not in {wheel.name}"
+    assert not any(n.startswith(("tests/", "conf/")) for n in names), "the wheel ships top-level folders"
+
+
+def test_installed_wheel_runs_outside_the_repo(venv_python: Path, tmp_path: Path) -> None:
+    venv = venv_python.parent.parent
+    where = _run([str(venv_python), "-c", "import rosebench; print(rosebench.__file__)"], tmp_path)
+    assert where.returncode == 0, describe(where)
+    module = Path(where.stdout.strip()).resolve()
+    assert module.is_relative_to(venv.resolve()), f"the venv imports {module}, not the wheel's rosebench"
+
+    proc = run_cli(
+        tmp_path,
+        "engine=tiny",
+        "tracking=off",
+        "num_requests=2",
+        "max_new_tokens=4",
+        "warmup=0",
+        "repeat=1",
+        python=str(venv_python),
+        pythonpath=False,
+    )
+    assert_ok(proc)
+    (results_file,) = tmp_path.glob("outputs/*/*/results.json")
+    results = read_results(results_file.parent)
+    assert results["metrics"]["requests"] == 2
+    assert results["config"]["engine"]["model"] == "tiny"
+    assert (results_file.parent / "outputs.jsonl").is_file()
