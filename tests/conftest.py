@@ -10,6 +10,16 @@ import torch
 TINY = {"n_embd": 64, "n_layer": 2, "n_head": 4, "n_positions": 256, "vocab_size": 50257}
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """In-process tests use tiny shapes on a shared 2-core machine, where a second intra-op thread only
+    contends (measured about 7x slower). CLI subprocesses and benchmarks keep their own settings."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def hf_tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random GPT2LMHeadModel saved with save_pretrained (model.safetensors + config.json).

@@ -31,15 +31,6 @@ B2 = [40, 588, 257, 3797, 286, 49020, 351, 1257]  # 8 tokens: exactly 2 full blo
 B3 = [4342, 318, 1223]  # 3 tokens: no full block
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny shapes on a shared 2-core machine: intra-op threads only contend (about 7x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def make_engine(hf_dir: Path, attention: str = "slot", prepack: bool = True, **overrides) -> Engine:
     config = EngineConfig(
         weights=str(hf_dir),

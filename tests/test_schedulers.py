@@ -55,16 +55,6 @@ class Reference:
         return known[:n]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The model is tiny: on a shared 2-core machine, one intra-op thread runs these tests several times
-    faster than two threads synchronizing over every small matmul."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def weights(hf_tiny_dir: Path) -> Path:
     return hf_tiny_dir

@@ -42,14 +42,6 @@ _TOP_MAP = {
 _CONV1D = {"attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def to_rosetrainer(hf_model) -> dict[str, torch.Tensor]:
     ours = {}
     for key, tensor in hf_model.state_dict().items():

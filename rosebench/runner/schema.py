@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 from hydra.core.config_store import ConfigStore
 
+from rosebench.tracking.settings import TrackingSettings
+
 
 class Mode(enum.Enum):
     offline = "offline"
@@ -85,15 +87,6 @@ class ProfileSchema:
 
 
 @dataclass
-class TrackingSchema:
-    enabled: bool = True
-    uri: str | None = None
-    experiment: str = "rosebench"
-    system_metrics: bool = False
-    artifacts: bool = True
-
-
-@dataclass
 class RosebenchConfig:
     mode: Mode = Mode.offline
     num_requests: int = 16
@@ -106,7 +99,7 @@ class RosebenchConfig:
     sampling: SamplingSchema = field(default_factory=SamplingSchema)
     workload: WorkloadSchema = field(default_factory=WorkloadSchema)
     profile: ProfileSchema = field(default_factory=ProfileSchema)
-    tracking: TrackingSchema = field(default_factory=TrackingSchema)
+    tracking: TrackingSettings = field(default_factory=TrackingSettings)
 
 
 def register_schemas() -> None:
