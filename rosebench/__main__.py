@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
 import sys
+import threading
 import warnings
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -84,7 +87,7 @@ def benchmark(cfg: DictConfig) -> dict:
         "run": _run_block(cfg, settings.profile.enabled),
     }
     tracked = _tracked_run(settings.tracking, run_dir, results["run"])
-    with tracked or contextlib.nullcontext():
+    with _sigterm_as_interrupt(), tracked or contextlib.nullcontext():
         try:
             outcome = run_passes(settings, setup, run_dir)
         except BaseException as error:
@@ -117,6 +120,24 @@ def benchmark(cfg: DictConfig) -> dict:
         record = tracked.record
         print(f"mlflow: {ui_hint(record.tracking_uri, record.experiment_id, record.run_id)}")
     return results["metrics"]
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Slurm and job runners stop a job with SIGTERM: end it like Ctrl-C, so that the partial results
+    are kept and the MLflow run is marked KILLED rather than left RUNNING."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)  # a pooled worker (joblib) must stay stoppable
 
 
 def _tracked_run(tracking: TrackingSettings, run_dir: Path, run: dict) -> TrackedRun | None:

@@ -15,7 +15,7 @@ from mlflow import MlflowClient
 from test_tracking import artifact_paths, make_run_folder
 
 from rosebench.tracking import TrackedRun, TrackingSettings
-from rosebench.tracking.store import run_exists
+from rosebench.tracking.store import run_exists, ui_hint
 
 pytestmark = pytest.mark.slow
 
@@ -96,17 +96,19 @@ def mlflow_server(tmp_path):
         log.close()
 
 
-def test_run_folder_through_server(mlflow_server, tmp_path, monkeypatch, caplog):
+def test_run_folder_through_server(mlflow_server, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     run_dir = tmp_path / "outputs" / "run"
     tracked = TrackedRun(TrackingSettings(uri=mlflow_server), run_dir, "online-num_requests=8")
-    with caplog.at_level("INFO", logger="rosebench.tracking"), tracked:
+    with tracked:
         make_run_folder(run_dir, 8, profiled=True)
 
     record = json.loads((run_dir / "tracking.json").read_text())
     assert record["logged"] is True and record["tracking_uri"] == mlflow_server
     link = f"{mlflow_server}/#/experiments/{record['experiment_id']}/runs/{record['run_id']}"
-    assert link in caplog.text
+    assert link in ui_hint(
+        record["tracking_uri"], record["experiment_id"], record["run_id"]
+    )  # what the CLI prints
 
     client = MlflowClient(mlflow_server)
     run = client.get_run(record["run_id"])

@@ -1,0 +1,226 @@
+"""The real CLI into a real MLflow store: a profiled run, sweeps with one parent, parallel jobs, faults."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from cli_helpers import assert_ok, cli_env, describe, read_results, run_cli
+from mlflow import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+pytestmark = pytest.mark.slow
+
+TINY = ("engine=tiny", "max_new_tokens=4", "warmup=0")
+
+
+def store(tmp_path: Path) -> tuple[str, MlflowClient]:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    return uri, MlflowClient(uri)
+
+
+def experiment_runs(client: MlflowClient, name: str = "rosebench") -> list:
+    experiment = client.get_experiment_by_name(name)
+    assert experiment is not None, f"experiment {name!r} was not created"
+    return client.search_runs([experiment.experiment_id])
+
+
+def artifact_paths(client: MlflowClient, run_id: str, path: str | None = None) -> set[str]:
+    found: set[str] = set()
+    for item in client.list_artifacts(run_id, path):
+        found |= artifact_paths(client, run_id, item.path) if item.is_dir else {item.path}
+    return found
+
+
+def sweep_dir(cwd: Path) -> Path:
+    [day] = (cwd / "outputs" / "multirun").iterdir()
+    [time] = day.iterdir()
+    return time
+
+
+def test_profiled_run_lands_with_params_metrics_tags_and_artifacts(tmp_path: Path) -> None:
+    uri, client = store(tmp_path)
+    proc = run_cli(
+        tmp_path,
+        *TINY,
+        "num_requests=3",
+        "repeat=2",
+        "mode=online",
+        "profile.enabled=true",
+        f"tracking.uri={uri}",
+        "hydra.run.dir=run",
+    )
+    assert_ok(proc)
+    [run] = experiment_runs(client)
+    assert run.info.status == "FINISHED"
+    assert f"#/experiments/{run.info.experiment_id}/runs" in proc.stdout  # the printed UI link
+    params, metrics, tags = run.data.params, run.data.metrics, run.data.tags
+    assert params["engine.model"] == "tiny" and params["num_requests"] == "3" and params["mode"] == "online"
+    results = read_results(tmp_path / "run")
+    assert metrics["throughput_completion_tok_s"] == pytest.approx(
+        results["metrics"]["throughput_completion_tok_s"]
+    )
+    assert metrics["completion_tokens"] == 12
+    history = client.get_metric_history(run.info.run_id, "pass/throughput_completion_tok_s")
+    assert sorted(m.step for m in history) == [0, 1]
+    assert "profile/profile_window_ms" in metrics and "throughput_completion_tok_s_std" in metrics
+    assert tags["profiled"] == "yes" and tags["mode"] == "online" and tags["device"] == "cpu"
+    assert tags["torch"] and tags["rosebench_version"]
+    artifacts = artifact_paths(client, run.info.run_id)
+    assert {"results.json", "outputs.jsonl", "hydra/config.yaml", "profile/summary.json"} <= artifacts
+    assert any(p.startswith("profile/trace_") and p.endswith(".json.gz") for p in artifacts)
+    tracking = (tmp_path / "run" / "tracking.json").read_text()
+    assert run.info.run_id in tracking and '"logged": true' in tracking
+
+
+def test_three_point_multirun_is_one_parent_with_three_children(tmp_path: Path) -> None:
+    uri, client = store(tmp_path)
+    proc = run_cli(tmp_path, "--multirun", *TINY, "repeat=1", "num_requests=1,2,3", f"tracking.uri={uri}")
+    assert_ok(proc)
+    runs = experiment_runs(client)
+    parents = [r for r in runs if MLFLOW_PARENT_RUN_ID not in r.data.tags]
+    children = [r for r in runs if MLFLOW_PARENT_RUN_ID in r.data.tags]
+    assert len(parents) == 1 and len(children) == 3
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert {c.data.tags[MLFLOW_PARENT_RUN_ID] for c in children} == {parent.info.run_id}
+    assert sorted(c.data.params["num_requests"] for c in children) == ["1", "2", "3"]
+    assert all(c.info.status == "FINISHED" for c in children)
+    artifacts = artifact_paths(client, parent.info.run_id)
+    assert "sweep_table.json" in artifacts
+    assert any(p.startswith("plots/") and p.endswith(".png") for p in artifacts)
+    # The report compares the sweep from the store and from its folder alike.
+    for selector in (["--parent", parent.info.run_id, "--uri", uri], ["--sweep", str(sweep_dir(tmp_path))]):
+        report = subprocess.run(
+            [sys.executable, "-m", "rosebench.report", *selector, "--format", "csv"],
+            cwd=tmp_path,
+            env=cli_env(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert report.returncode == 0, report.stderr
+        lines = report.stdout.strip().splitlines()
+        assert len(lines) == 4 and "num_requests" in lines[0], report.stdout
+
+
+def test_eight_parallel_jobs_into_a_fresh_sqlite_file_lose_nothing(tmp_path: Path) -> None:
+    uri, client = store(tmp_path)
+    proc = run_cli(
+        tmp_path,
+        "--multirun",
+        *TINY,
+        "repeat=1",
+        "num_requests=1,2,3,4,5,6,7,8",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=4",
+        f"tracking.uri={uri}",
+        timeout=900,
+    )
+    assert_ok(proc)
+    experiment = client.get_experiment_by_name("rosebench")
+    assert [e.name for e in client.search_experiments()].count("rosebench") == 1
+    runs = client.search_runs([experiment.experiment_id])
+    [parent] = [r for r in runs if MLFLOW_PARENT_RUN_ID not in r.data.tags]
+    children = [r for r in runs if r.data.tags.get(MLFLOW_PARENT_RUN_ID) == parent.info.run_id]
+    assert sorted(int(c.data.params["num_requests"]) for c in children) == list(range(1, 9))
+    assert all(
+        c.info.status == "FINISHED" and c.info.experiment_id == experiment.experiment_id for c in children
+    )
+    assert len(runs) == 9  # nothing filed elsewhere, nothing twice
+    assert parent.info.status == "FINISHED"
+
+
+def test_failed_job_closes_the_parent_failed_and_keeps_the_others(tmp_path: Path) -> None:
+    uri, client = store(tmp_path)
+    proc = run_cli(tmp_path, "--multirun", *TINY, "repeat=1", "num_requests=0,2", f"tracking.uri={uri}")
+    assert proc.returncode != 0, describe(proc)
+    assert "num_requests=0: must be >= 1" in proc.stderr
+    runs = experiment_runs(client)
+    [parent] = [r for r in runs if MLFLOW_PARENT_RUN_ID not in r.data.tags]
+    assert parent.info.status == "FAILED"
+    [child] = [r for r in runs if r.data.tags.get(MLFLOW_PARENT_RUN_ID) == parent.info.run_id]
+    assert child.data.params["num_requests"] == "2" and child.info.status == "FINISHED"
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]  # free once the socket closes: nothing listens there
+
+
+def test_unreachable_store_keeps_the_run_then_upload_logs_it(tmp_path: Path) -> None:
+    proc = run_cli(
+        tmp_path,
+        *TINY,
+        "num_requests=2",
+        "repeat=1",
+        f"tracking.uri=http://127.0.0.1:{closed_port()}",
+        "hydra.run.dir=run",
+        timeout=300,
+    )
+    assert_ok(proc)
+    run_dir = tmp_path / "run"
+    assert "MLflow tracking failed" in proc.stderr and "python -m rosebench.upload" in proc.stderr
+    assert read_results(run_dir)["run"]["status"] == "FINISHED"
+    assert (run_dir / "outputs.jsonl").is_file() and '"logged": false' in (
+        run_dir / "tracking.json"
+    ).read_text()
+
+    uri, client = store(tmp_path)
+    upload = subprocess.run(
+        [sys.executable, "-m", "rosebench.upload", str(run_dir), "--uri", uri],
+        cwd=tmp_path,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert upload.returncode == 0, upload.stderr
+    [run] = experiment_runs(client)
+    assert run.data.metrics["requests"] == 2 and run.info.status == "FINISHED"
+    assert "results.json" in artifact_paths(client, run.info.run_id)
+
+
+def test_sigterm_marks_the_run_killed_and_keeps_what_was_done(tmp_path: Path) -> None:
+    uri, client = store(tmp_path)
+    args = [
+        *TINY,
+        "num_requests=8",
+        "max_new_tokens=64",
+        "repeat=1000",
+        f"tracking.uri={uri}",
+        "hydra.run.dir=run",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rosebench", *args],
+        cwd=tmp_path,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None:  # until the MLflow run is live
+            experiment = (
+                client.get_experiment_by_name("rosebench") if (tmp_path / "mlflow.db").exists() else None
+            )
+            if experiment and client.search_runs([experiment.experiment_id]):
+                break
+            time.sleep(0.5)
+        assert proc.poll() is None, "the run ended before it could be stopped"
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode != 0
+    assert read_results(tmp_path / "run")["run"]["status"] == "KILLED", stderr[-2000:]
+    [run] = experiment_runs(client)
+    assert run.info.status == "KILLED"
+    assert run.data.params["num_requests"] == "8"  # what was done is still logged
