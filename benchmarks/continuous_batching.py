@@ -4,7 +4,7 @@ fixed batches) on a workload of mixed output lengths, same weights, same request
 Workload: --num-requests (64) random-token prompts of --prompt-len (32) tokens, output lengths uniform in
 [--min-output, --max-output] (16..256), greedy, EOS ignored, all arriving at t = 0.
 
-- continuous: OnlineScheduler, max_batch_size = --batch-size (64); a finished request leaves the batch at
+- continuous: OnlineScheduler, max_batch_size = --batch-size (16); a finished request leaves the batch at
   once and a waiting one takes its slot.
 - HF static: ``generate`` on consecutive batches of --batch-size requests; a batch runs until its longest
   request is done (min_new_tokens = max_new_tokens = the batch's longest). Each request counts only its
@@ -94,7 +94,7 @@ def static(
 def main() -> None:
     parser = C.base_parser(__doc__)
     parser.add_argument("--num-requests", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=64, help="max_batch_size and static batch size")
+    parser.add_argument("--batch-size", type=int, default=16, help="max_batch_size and static batch size")
     parser.add_argument("--prompt-len", type=int, default=32)
     parser.add_argument("--min-output", type=int, default=16)
     parser.add_argument("--max-output", type=int, default=256)

@@ -36,7 +36,9 @@ class Scenario:
     batch: int
     prompt_len: int
     new_tokens: int
-    targets: list[tuple[str, str, float]]  # (numerator, denominator, minimum ratio of tok/s)
+    # (numerator, denominator, minimum ratio, metric): the metric is "tok/s" (whole generation, prefill
+    # included: what HF generate can be compared on) or "decode tok/s" (decode steps only).
+    targets: list[tuple[str, str, float, str]]
     with_hf: bool
 
 
@@ -47,8 +49,9 @@ class Runs:
 
 
 def scenarios(quick: bool, with_hf_long: bool) -> list[Scenario]:
-    a = Scenario("a", 16, 32, 128, [("default", "HF generate", 1.4)], with_hf=True)
-    b = Scenario("b", 64, 448, 64, [("default", "naive", 5.0)], with_hf=with_hf_long)
+    a = Scenario("a", 16, 32, 128, [("default", "HF generate", 1.4, "tok/s")], with_hf=True)
+    # Issue 2's 5x is on decode throughput; the whole generation here is dominated by 64 x 448 prefills.
+    b = Scenario("b", 64, 448, 64, [("default", "naive", 5.0, "decode tok/s")], with_hf=with_hf_long)
     if quick:
         a.batch, a.prompt_len, a.new_tokens = 4, 8, 8
         b.batch, b.prompt_len, b.new_tokens = 8, 48, 16
@@ -127,19 +130,27 @@ def run_scenario(
         rows,
     )
     ratio_rows = []
-    for num, den, target in s.targets:
-        if den not in tok_s:
-            continue
-        value = C.median(tok_s[num]) / C.median(tok_s[den])
-        ratio_rows.append(
-            [f"{num} / {den} (tok/s)", f"{value:.2f}x", f">= {target}x", C.verdict(value, target)]
-        )
-    for num, den in (("default", "naive"), ("default", "HF generate")):
-        if den in tok_s and not any(t[:2] == (num, den) for t in s.targets):
-            value = C.median(tok_s[num]) / C.median(tok_s[den])
-            ratio_rows.append([f"{num} / {den} (tok/s)", f"{value:.2f}x", "-", "-"])
-    dec_ratio = C.median(runs["naive"].decode_s) / C.median(runs["default"].decode_s)
-    ratio_rows.append(["default / naive (decode tok/s)", f"{dec_ratio:.2f}x", "-", "-"])
+
+    def ratio(num: str, den: str, metric: str) -> float:
+        if metric == "decode tok/s":  # same decode tokens on both sides: a ratio of decode times
+            return C.median(runs[den].decode_s) / C.median(runs[num].decode_s)
+        return C.median(tok_s[num]) / C.median(tok_s[den])
+
+    targeted = {(num, den, metric) for num, den, _, metric in s.targets}
+    for num, den, target, metric in s.targets:
+        if den in tok_s:
+            value = ratio(num, den, metric)
+            ratio_rows.append(
+                [f"{num} / {den} ({metric})", f"{value:.2f}x", f">= {target}x", C.verdict(value, target)]
+            )
+    informative = [
+        ("default", "naive", "tok/s"),
+        ("default", "naive", "decode tok/s"),
+        ("default", "HF generate", "tok/s"),
+    ]
+    for num, den, metric in informative:
+        if den in tok_s and (num, den, metric) not in targeted:
+            ratio_rows.append([f"{num} / {den} ({metric})", f"{ratio(num, den, metric):.2f}x", "-", "-"])
     checks = [f"- greedy tokens, default vs naive: {C.first_mismatch(outputs['default'], outputs['naive'])}"]
     if "HF generate" in outputs:
         checks.append(
