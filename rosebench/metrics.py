@@ -101,6 +101,7 @@ def request_rows(result: PassResult, detokenize: Callable[[list[int]], str]) -> 
                 "e2e_ms": None if finish is None else (finish - r.arrival_s) * 1e3,
                 "finish_reason": r.finish_reason,
                 "num_cached_tokens": r.num_cached_tokens,
+                "num_preemptions": r.num_preemptions,
             }
         )
     return rows

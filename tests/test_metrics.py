@@ -134,7 +134,7 @@ def test_aggregate_rejects_empty_and_mismatched():
 
 
 def test_request_rows():
-    unfinished = RequestRecord(3, [1], arrival_s=1.0)
+    unfinished = RequestRecord(3, [1], arrival_s=1.0, num_preemptions=2)
     rows = request_rows(PassResult([*records(), unfinished], stats()), lambda ids: ",".join(map(str, ids)))
     assert [r["request_id"] for r in rows] == [0, 1, 2, 3]
     first = rows[0]
@@ -145,3 +145,4 @@ def test_request_rows():
     assert (first["finish_reason"], first["num_cached_tokens"]) == ("length", 2)
     assert rows[1]["ttft_ms"] == pytest.approx(300) and rows[1]["finish_reason"] == "stop"
     assert rows[3]["ttft_ms"] is None and rows[3]["e2e_ms"] is None and rows[3]["text"] == ""
+    assert [r["num_preemptions"] for r in rows] == [0, 0, 0, 2]

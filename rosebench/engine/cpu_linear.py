@@ -26,7 +26,6 @@ def prepack_supported(device: torch.device, dtype: torch.dtype) -> bool:
 class PackedLinear(nn.Module):
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, batch_hint: int) -> None:
         super().__init__()
-        self.out_features, self.in_features = weight.shape
         # A plain attribute, not a buffer: oneDNN tensors cannot be moved, cast or put in a state_dict.
         self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), batch_hint)
         self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)

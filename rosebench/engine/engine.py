@@ -91,6 +91,7 @@ class Engine:
 
     @property
     def num_running(self) -> int:
+        """Sequences holding a slot (after a run: 0, or the KV cache leaked)."""
         return len(self._running)
 
     def check_request(self, num_prompt_tokens: int, max_new_tokens: int) -> None:
