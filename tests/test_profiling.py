@@ -239,10 +239,11 @@ def test_settings_validation_and_activities():
         torch.profiler.ProfilerActivity.CPU,
         torch.profiler.ProfilerActivity.CUDA,
     ]
-    assert ProfileSettings(activities=["CPU"]).profiler_activities(torch.device("cuda")) == [
+    assert ProfileSettings(activities="CPU").profiler_activities(torch.device("cuda")) == [
         torch.profiler.ProfilerActivity.CPU
     ]
     with pytest.raises(ValueError, match="active"):
         ProfileSettings(active=0)
-    with pytest.raises(ValueError, match="activities"):
-        ProfileSettings(activities=["tpu"])
+    with pytest.raises(ValueError, match=r"profile.activities=cpu,tpu: unknown \['tpu'\]"):
+        ProfileSettings(activities="cpu,tpu")
+    assert ProfileSettings(activities="cpu, cuda").activity_names() == ["cpu", "cuda"]

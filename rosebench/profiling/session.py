@@ -34,7 +34,7 @@ class ProfileScheduleWarning(UserWarning):
 
 @dataclass
 class ProfileSettings:
-    """The ``profile`` config group; the runner builds it with ``ProfileSettings(**cfg)``."""
+    """The ``profile`` config group (also its Hydra schema); the runner builds it from the config."""
 
     enabled: bool = False
     # The profiled pass runs after the timed ones, on a warm engine: recording from the first step
@@ -44,7 +44,7 @@ class ProfileSettings:
     active: int = 6
     repeat: int = 1  # 0: cycle until the pass ends, as torch.profiler.schedule does
     skip_first: int = 0
-    activities: str | list[str] = "auto"  # "auto" = CPU, plus CUDA on a CUDA device
+    activities: str = "auto"  # "auto" = CPU, plus CUDA on a CUDA device; or "cpu", "cuda", "cpu,cuda"
     record_shapes: bool = False
     profile_memory: bool = False
     with_stack: bool = False
@@ -59,23 +59,26 @@ class ProfileSettings:
         if self.row_limit < 1:
             raise ValueError(f"profile.row_limit must be >= 1, got {self.row_limit}")
         if self.activities != "auto":
-            if isinstance(self.activities, str):
-                raise ValueError(f"profile.activities must be 'auto' or a list of {sorted(_ACTIVITIES)}")
-            self.activities = [str(a).lower() for a in self.activities]  # also turns an OmegaConf ListConfig
-            unknown = sorted(set(self.activities) - set(_ACTIVITIES))
-            if unknown or not self.activities:
-                raise ValueError(f"profile.activities: unknown {unknown}; choose from {sorted(_ACTIVITIES)}")
+            unknown = sorted(set(self.activity_names()) - set(_ACTIVITIES))
+            if unknown or not self.activity_names():
+                raise ValueError(
+                    f"profile.activities={self.activities}: unknown {unknown}; "
+                    f"allowed: auto or a comma list of {', '.join(sorted(_ACTIVITIES))}"
+                )
 
     @property
     def steps_needed(self) -> int:
         """Steps before the first cycle's trace is complete."""
         return self.skip_first + self.wait + self.warmup + self.active
 
+    def activity_names(self) -> list[str]:
+        return [name.strip().lower() for name in self.activities.split(",") if name.strip()]
+
     def profiler_activities(self, device: torch.device) -> list[ProfilerActivity]:
         if self.activities == "auto":
             names = ["cpu", "cuda"] if device.type == "cuda" else ["cpu"]
         else:
-            names = list(self.activities)
+            names = self.activity_names()
         return [_ACTIVITIES[name] for name in names]
 
 

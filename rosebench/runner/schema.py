@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from hydra.core.config_store import ConfigStore
 
+from rosebench.profiling.session import ProfileSettings
 from rosebench.tracking.settings import TrackingSettings
 
 
@@ -72,21 +73,6 @@ class WorkloadSchema:
 
 
 @dataclass
-class ProfileSchema:
-    enabled: bool = False
-    wait: int = 0
-    warmup: int = 0
-    active: int = 6
-    repeat: int = 1
-    skip_first: int = 0
-    activities: str = "auto"
-    record_shapes: bool = False
-    profile_memory: bool = False
-    with_stack: bool = False
-    row_limit: int = 30
-
-
-@dataclass
 class RosebenchConfig:
     mode: Mode = Mode.offline
     num_requests: int = 16
@@ -98,7 +84,7 @@ class RosebenchConfig:
     scheduler: SchedulerSchema = field(default_factory=SchedulerSchema)
     sampling: SamplingSchema = field(default_factory=SamplingSchema)
     workload: WorkloadSchema = field(default_factory=WorkloadSchema)
-    profile: ProfileSchema = field(default_factory=ProfileSchema)
+    profile: ProfileSettings = field(default_factory=ProfileSettings)
     tracking: TrackingSettings = field(default_factory=TrackingSettings)
 
 

@@ -156,10 +156,7 @@ def workload_options(w: DictConfig) -> dict:
 
 
 def profile_settings(p: DictConfig) -> ProfileSettings:
-    values = OmegaConf.to_container(p)
-    if isinstance(values["activities"], str) and values["activities"] != "auto":
-        values["activities"] = [a.strip() for a in values["activities"].split(",")]
     try:
-        return ProfileSettings(**values)
+        return ProfileSettings(**OmegaConf.to_container(p))
     except ValueError as err:
         raise ConfigError(str(err)) from None
