@@ -327,6 +327,9 @@ BAD = {
     "device=cuda": (["engine.device=cuda"], ["engine.device", "cpu"], True),
     "dtype=float64": (["engine.dtype=float64"], ["engine.dtype", "float32", "bfloat16", "float16"], True),
     "attention=flash": (["engine.attention=flash"], ["engine.attention", "slot", "naive"], True),
+    # 0 must be an error, not read as "unset" (null means: derive from the run).
+    "max_num_seqs=0": (["engine.max_num_seqs=0"], ["engine.max_num_seqs=0", ">= 1"], True),
+    "num_blocks=0": (["engine.kv_cache.num_blocks=0"], ["engine.kv_cache.num_blocks=0", ">= 1"], True),
     "mode=sideways": (["mode=sideways"], ["mode", "offline", "online"], False),
     "unknown-key": (["engine.foo=1"], ["engine.foo"], False),
     "jsonl-malformed-line": (["workload=jsonl", "workload.path=bad.jsonl"], ["bad.jsonl:2"], True),

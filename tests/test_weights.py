@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from rosebench.engine import Engine, EngineConfig, SamplingParams, Sequence, WeightsError
+from rosebench.engine import Engine, EngineConfig, KVCacheConfig, SamplingParams, Sequence, WeightsError
 from rosebench.engine.config import resolve_device
 from rosebench.engine.weights import build_model
 
@@ -312,6 +312,24 @@ def test_cuda_without_gpu_names_the_key():
         Engine(EngineConfig(model="tiny", device="cuda"))
     with pytest.raises(ValueError, match=r"engine\.device=cuda:1"):
         resolve_device("cuda:1")
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"max_num_seqs": 0}, r"engine\.max_num_seqs=0: must be >= 1"),
+        ({"max_model_len": 0}, r"engine\.max_model_len=0: must be >= 1"),
+        ({"max_model_len": 257}, r"engine\.max_model_len=257: must be in \[1, 256\]"),
+        ({"kv_cache": KVCacheConfig(block_size=0)}, r"engine\.kv_cache\.block_size=0: must be >= 1"),
+        ({"kv_cache": KVCacheConfig(num_blocks=0)}, r"engine\.kv_cache\.num_blocks=0: must be >= 1"),
+        ({"kv_cache": KVCacheConfig(memory_fraction=1.5)}, r"engine\.kv_cache\.memory_fraction=1\.5"),
+        ({"dtype": "float64"}, r"engine\.dtype=float64: allowed values are float32"),
+        ({"attention": "flash"}, r"engine\.attention=flash: allowed values are slot, naive"),
+    ],
+)
+def test_engine_range_checks_name_the_key(changes: dict, message: str):
+    with pytest.raises(ValueError, match=message):
+        Engine(EngineConfig(model="tiny", device="cpu", **changes))
 
 
 def test_unknown_device_names_the_key():

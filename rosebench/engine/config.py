@@ -34,7 +34,6 @@ MODEL_PRESETS: dict[str, ModelConfig] = {
 }
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-ATTENTION_VARIANTS = ("slot", "naive")
 
 
 @dataclass

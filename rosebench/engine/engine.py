@@ -37,12 +37,30 @@ class KVStats:
     prefix_hits: int
 
 
+def check_config(config: EngineConfig) -> None:
+    """The engine's range checks, before anything is built; each message names the key."""
+    if config.attention not in ATTENTION_CLASSES:
+        raise ValueError(
+            f"engine.attention={config.attention}: allowed values are {', '.join(ATTENTION_CLASSES)}"
+        )
+    resolve_device(config.device)
+    resolve_dtype(config.dtype)
+    kv = config.kv_cache
+    for key, value in (
+        ("max_num_seqs", config.max_num_seqs),
+        ("max_model_len", config.max_model_len),
+        ("kv_cache.block_size", kv.block_size),
+        ("kv_cache.num_blocks", kv.num_blocks),
+    ):
+        if value is not None and value < 1:
+            raise ValueError(f"engine.{key}={value}: must be >= 1")
+    if kv.memory_fraction is not None and not 0 < kv.memory_fraction <= 1:
+        raise ValueError(f"engine.kv_cache.memory_fraction={kv.memory_fraction}: must be in (0, 1]")
+
+
 class Engine:
     def __init__(self, config: EngineConfig, eos_token_id: int = EOS_TOKEN_ID) -> None:
-        if config.attention not in ATTENTION_CLASSES:
-            raise ValueError(
-                f"engine.attention={config.attention}: allowed values are {', '.join(ATTENTION_CLASSES)}"
-            )
+        check_config(config)
         self.config = config
         self.device = resolve_device(config.device)
         self.dtype = resolve_dtype(config.dtype)
@@ -53,16 +71,16 @@ class Engine:
             prepack(self.model, batch_hint=config.max_num_seqs)
         self.model_config = model.config
         n_positions = self.model_config.n_positions
-        if config.max_model_len is not None and not 1 <= config.max_model_len <= n_positions:
+        if config.max_model_len is not None and config.max_model_len > n_positions:
             raise ValueError(f"engine.max_model_len={config.max_model_len}: must be in [1, {n_positions}]")
         self.max_model_len = config.max_model_len or n_positions
         self.block_size = config.kv_cache.block_size
-        if self.block_size < 1:
-            raise ValueError(f"engine.kv_cache.block_size={self.block_size}: must be >= 1")
         blocks_per_slot = -(-self.max_model_len // self.block_size)
         num_slots = self._num_slots(blocks_per_slot)
-        num_blocks = config.kv_cache.num_blocks or num_slots * blocks_per_slot
-        if not 1 <= num_blocks <= num_slots * blocks_per_slot:
+        num_blocks = config.kv_cache.num_blocks
+        if num_blocks is None:
+            num_blocks = num_slots * blocks_per_slot
+        elif num_blocks > num_slots * blocks_per_slot:
             raise ValueError(
                 f"engine.kv_cache.num_blocks={num_blocks}: must be in [1, {num_slots * blocks_per_slot}] "
                 f"(max_num_seqs={num_slots} slots of {blocks_per_slot} blocks)"
@@ -188,7 +206,7 @@ class Engine:
             batch = [seqs[i] for i in order]
             starts = [s.num_tokens - 1 for s in batch]
             tokens = self._forward_and_sample(
-                batch, [[s.token_ids[-1]] for s in batch], starts, [1] * len(batch)
+                batch, [[s.last_token_id] for s in batch], starts, [1] * len(batch)
             )
             result = [0] * len(seqs)
             for row, i in enumerate(order):
@@ -298,12 +316,8 @@ class Engine:
 
     def _num_slots(self, blocks_per_slot: int) -> int:
         fraction = self.config.kv_cache.memory_fraction
-        if self.config.max_num_seqs < 1:
-            raise ValueError(f"engine.max_num_seqs={self.config.max_num_seqs}: must be >= 1")
         if fraction is None:
             return self.config.max_num_seqs
-        if not 0 < fraction <= 1:
-            raise ValueError(f"engine.kv_cache.memory_fraction={fraction}: must be in (0, 1]")
         if self.device.type == "cuda":
             free_bytes = torch.cuda.mem_get_info(self.device)[0]
         else:

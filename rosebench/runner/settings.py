@@ -6,11 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from rosebench.engine import EngineConfig, KVCacheConfig, SamplingParams
-from rosebench.engine.config import ATTENTION_VARIANTS, DTYPES, MODEL_PRESETS
+from rosebench.engine.config import MODEL_PRESETS
 from rosebench.profiling import ProfileSettings
 from rosebench.scheduler import SchedulerConfig
 from rosebench.tracking.settings import TrackingSettings
@@ -67,46 +66,19 @@ def run_settings(cfg: DictConfig) -> RunSettings:
 
 def engine_config(e: DictConfig, max_batch_size: int, seed: int) -> EngineConfig:
     _check(e.model in MODEL_PRESETS, f"engine.model={e.model}: allowed values are {', '.join(MODEL_PRESETS)}")
-    _check(e.dtype in DTYPES, f"engine.dtype={e.dtype}: allowed values are {', '.join(DTYPES)}")
-    _check(
-        e.attention in ATTENTION_VARIANTS,
-        f"engine.attention={e.attention}: allowed values are {', '.join(ATTENTION_VARIANTS)}",
-    )
-    _check(
-        e.device in ("auto", "cpu") or e.device.startswith("cuda"),
-        f"engine.device={e.device}: allowed values are auto, cpu, cuda, cuda:N",
-    )
-    _check(
-        not e.device.startswith("cuda") or torch.cuda.is_available(),
-        f"engine.device={e.device}: no CUDA device is available here (allowed: auto, cpu)",
-    )
     if e.weights is not None:
         path = Path(e.weights).expanduser()
         _check(path.is_dir() or path.is_file(), f"engine.weights={e.weights}: no such file or folder")
-    _check(
-        e.max_num_seqs is None or e.max_num_seqs >= 1, f"engine.max_num_seqs={e.max_num_seqs}: must be >= 1"
-    )
-    _check(
-        e.max_model_len is None or e.max_model_len >= 1,
-        f"engine.max_model_len={e.max_model_len}: must be >= 1",
-    )
+    # Every other engine key is range-checked by the engine itself (engine.check_config) when prepare()
+    # builds it, before the model is built; its ValueError becomes a ConfigError there.
     kv = e.kv_cache
-    _check(kv.block_size >= 1, f"engine.kv_cache.block_size={kv.block_size}: must be >= 1")
-    _check(
-        kv.num_blocks is None or kv.num_blocks >= 1,
-        f"engine.kv_cache.num_blocks={kv.num_blocks}: must be >= 1",
-    )
-    _check(
-        kv.memory_fraction is None or 0 < kv.memory_fraction <= 1,
-        f"engine.kv_cache.memory_fraction={kv.memory_fraction}: must be in (0, 1]",
-    )
     return EngineConfig(
         model=e.model,
         weights=e.weights,
         dtype=e.dtype,
         device=e.device,
         attention=e.attention,
-        max_num_seqs=e.max_num_seqs or max_batch_size,
+        max_num_seqs=max_batch_size if e.max_num_seqs is None else e.max_num_seqs,
         max_model_len=e.max_model_len,
         prefix_cache=e.prefix_cache,
         prepack=e.prepack,
