@@ -1,16 +1,24 @@
 """The built wheel is a working rosebench: configs and tokenizer ship inside it, and the CLI runs from it.
 
 The wheel is built from a copy of the working tree (so the checkout gets no build/ folder), installed
-without dependencies into a fresh venv that reuses this interpreter's packages (torch, hydra, ...), and
-run from a folder outside the repository.
+without dependencies into a fresh venv that reuses the packages of the interpreter running the tests
+(torch, hydra, ...), and run from a folder outside the repository.
+
+That interpreter may be the machine's own, a venv's or a conda environment's. ``venv --system-site-packages``
+would expose the *base* interpreter's packages, not an active venv's, so the new venv is pointed at this
+interpreter's site-packages with a ``.pth`` file instead.
 """
 
 from __future__ import annotations
 
+import re
 import shutil
+import site
 import subprocess
 import sys
+import sysconfig
 import zipfile
+from email.parser import Parser
 from pathlib import Path
 
 import pytest
@@ -71,13 +79,58 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return built
 
 
+def _site_dirs() -> list[str]:
+    """Where this interpreter finds installed packages, in its own order."""
+    paths = sysconfig.get_paths()
+    dirs = [*site.getsitepackages(), paths["purelib"], paths["platlib"]]
+    if site.ENABLE_USER_SITE:
+        dirs.append(site.getusersitepackages())
+    return [d for d in dict.fromkeys(dirs) if Path(d).is_dir()]
+
+
+def _requirements(wheel: Path) -> list[str]:
+    """The distribution names the wheel depends on (extras left out)."""
+    with zipfile.ZipFile(wheel) as archive:
+        (metadata,) = [n for n in archive.namelist() if n.endswith(".dist-info/METADATA")]
+        message = Parser().parsestr(archive.read(metadata).decode())
+    requires = [r for r in message.get_all("Requires-Dist") or [] if "extra ==" not in r]
+    return [re.match(r"[A-Za-z0-9._-]+", r).group(0) for r in requires]
+
+
+_MISSING = """
+import importlib.metadata as metadata, sys
+missing = []
+for name in sys.argv[1:]:
+    try:
+        metadata.version(name)
+    except metadata.PackageNotFoundError:
+        missing.append(name)
+print(" ".join(missing))
+"""
+
+
 @pytest.fixture(scope="module")
 def venv_python(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     venv = tmp_path_factory.mktemp("venv")
-    proc = _run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], venv)
+    proc = _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], venv)
     assert proc.returncode == 0, describe(proc)
     python = venv / "bin" / "python"
-    # pip comes from the system site-packages; --ignore-installed never touches the editable install there.
+    purelib = _run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], venv)
+    assert purelib.returncode == 0, describe(purelib)
+    # Plain directory lines: the .pth files inside them (this checkout's editable install) stay unread.
+    pth = Path(purelib.stdout.strip()) / "tests_running_interpreter.pth"
+    pth.write_text("\n".join(_site_dirs()) + "\n")
+
+    needed = [*_requirements(wheel), "pip"]
+    missing = _run([str(python), "-c", _MISSING, *needed], venv)
+    assert missing.returncode == 0, describe(missing)
+    if missing.stdout.split():
+        pytest.fail(
+            f"the test venv cannot see {missing.stdout.split()} through {sys.executable}'s site-packages "
+            f"{_site_dirs()}: install the test extras into the interpreter that runs pytest "
+            '(pip install -e ".[test]")'
+        )
+    # --ignore-installed: pip must not touch the editable rosebench it can see through the .pth file.
     install = [str(python), "-m", "pip", "install", "--no-deps", "--no-index", "--ignore-installed"]
     proc = _run([*install, str(wheel)], venv)
     assert proc.returncode == 0, describe(proc)
@@ -106,6 +159,14 @@ def test_installed_wheel_runs_outside_the_repo(venv_python: Path, tmp_path: Path
     assert where.returncode == 0, describe(where)
     module = Path(where.stdout.strip()).resolve()
     assert module.is_relative_to(venv.resolve()), f"the venv imports {module}, not the wheel's rosebench"
+    # Its dependencies are those of the interpreter running the tests, whatever kind of environment that is.
+    deps = "import hydra, torch; print(torch.__file__); print(hydra.__file__)"
+    seen = _run([str(venv_python), "-c", deps], tmp_path)
+    assert seen.returncode == 0, describe(seen)
+    import hydra
+    import torch
+
+    assert seen.stdout.split() == [torch.__file__, hydra.__file__]
 
     proc = run_cli(
         tmp_path,
