@@ -27,7 +27,7 @@ from rosebench.engine.tokenizer import load_tokenizer
 from rosebench.metrics import pass_metrics
 from rosebench.profiling import ProfileSession, ProfileSettings
 from rosebench.scheduler import OfflineScheduler, SchedulerConfig
-from rosebench.workload import Request, build_workload
+from rosebench.workload import FixedWorkload, Request, build_workload
 
 
 def ns_per_call(body: object, calls: int, rounds: int = 7) -> float:
@@ -93,13 +93,11 @@ def main() -> None:
         args.calls, args.repeats = min(args.calls, 5_000), min(args.repeats, 2)
     tokenizer = load_tokenizer()
     requests = build_workload(
-        "fixed",
+        FixedWorkload(prompt="Hello"),
         num_requests=num_requests,
-        max_new_tokens=new_tokens,
-        sampling=SamplingParams(),
+        sampling=SamplingParams(max_new_tokens=new_tokens),
         tokenizer=tokenizer,
         seed=args.seed,
-        prompt="Hello",
     )
     longest = max(len(r.prompt_token_ids) + r.params.max_new_tokens for r in requests)
     engine = Engine(

@@ -7,24 +7,14 @@ Library use (no Hydra)::
     [ids] = generate(engine, ["Hello world"], SamplingParams(max_new_tokens=16))
 """
 
-from __future__ import annotations
-
-import importlib
-from typing import Any
+from rosebench._lazy import lazy_exports
 
 # Resolved on first use, so that `python -m rosebench.upload` / `.report` do not pay for importing torch.
 _EXPORTS = {
-    "Engine": "rosebench.engine",
-    "EngineConfig": "rosebench.engine",
-    "KVCacheConfig": "rosebench.engine",
-    "SamplingParams": "rosebench.engine",
-    "generate": "rosebench.api",
-    "load_tokenizer": "rosebench.engine.tokenizer",
+    "rosebench.engine.engine": ("Engine",),
+    "rosebench.engine.config": ("EngineConfig", "KVCacheConfig"),
+    "rosebench.engine.sequence": ("SamplingParams",),
+    "rosebench.api": ("generate",),
+    "rosebench.engine.tokenizer": ("load_tokenizer",),
 }
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'rosebench' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

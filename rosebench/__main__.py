@@ -9,6 +9,7 @@ import sys
 import threading
 import warnings
 from collections.abc import Iterator
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,41 +17,47 @@ from typing import TYPE_CHECKING
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from rosebench.conf_dir import conf_dir
-from rosebench.runner.schema import register_schemas
+from rosebench.config import ConfigError, RunConfig, load_config, register_configs
+from rosebench.overrides import parse_overrides
+from rosebench.results import ProfileRecord, RunInfo, RunResults
 from rosebench.tracking.settings import TrackingSettings
 
 if TYPE_CHECKING:
-    from rosebench.tracking import TrackedRun
+    from rosebench.tracking.tracked_run import TrackedRun
 
 log = logging.getLogger("rosebench")
-register_schemas()
+register_configs()
+
+_UNNAMED_KEYS = ("mode", "tracking.uri")  # the mode leads the name anyway; a URI is no name
 
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _run_block(cfg: DictConfig, profiled: bool) -> dict:
+def _run_info(config: RunConfig) -> RunInfo:
     hc = HydraConfig.get()
     overrides = list(hc.overrides.task)
-    shown = [o for o in overrides if not o.startswith(("mode=", "tracking.uri=", "hydra."))]
+    shown = [
+        o.input_line
+        for o in parse_overrides(overrides)
+        if o.key_or_group not in _UNNAMED_KEYS and not o.key_or_group.startswith("hydra.")
+    ]
     multirun = hc.mode == RunMode.MULTIRUN
-    return {
-        "name": "-".join([cfg.mode.value, *shown]) if shown else f"{cfg.mode.value}-{cfg.engine.model}",
-        "mode": cfg.mode.value,
-        "profiled": profiled,
-        "status": "RUNNING",
-        "overrides": overrides,
-        "job_name": hc.job.name,
-        "job_id": hc.job.get("id"),
-        "job_num": hc.job.get("num") if multirun else None,
-        "sweep_dir": str(Path(hc.sweep.dir).resolve()) if multirun else None,
-        "started_at": _now(),
-        "ended_at": None,
-    }
+    return RunInfo(
+        name="-".join([config.mode, *shown]) if shown else f"{config.mode}-{config.engine.model}",
+        mode=config.mode,
+        profiled=config.profile.enabled,
+        overrides=overrides,
+        job_name=hc.job.name,
+        job_id=hc.job.get("id"),
+        job_num=hc.job.get("num") if multirun else None,
+        sweep_dir=str(Path(hc.sweep.dir).resolve()) if multirun else None,
+        started_at=_now(),
+    )
 
 
 def _warn_parallel_launcher() -> None:
@@ -62,64 +69,55 @@ def _warn_parallel_launcher() -> None:
         )
 
 
-def benchmark(cfg: DictConfig) -> dict:
-    # Imported here so that `--help` and config errors stay fast.
+def benchmark(config: RunConfig) -> dict[str, float]:
+    # Imported here so that `--help` and config errors stay fast (no torch).
     from rosebench import metrics
-    from rosebench.profiling import format_summary, summary_metrics
+    from rosebench.results import write_outputs
     from rosebench.runner.benchmark import prepare, run_passes
     from rosebench.runner.console import summary_table
     from rosebench.runner.environment import environment
-    from rosebench.runner.results import write_outputs, write_results
-    from rosebench.runner.settings import run_settings
 
-    settings = run_settings(cfg)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    setup = prepare(settings)
+    setup = prepare(config)
     if HydraConfig.get().mode == RunMode.MULTIRUN:
         _warn_parallel_launcher()
-    results = {
-        "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
-        "metrics": {},
-        "metrics_std": {},
-        "passes": [],
-        "environment": environment(setup.engine.device),
-        "profile": None,
-        "run": _run_block(cfg, settings.profile.enabled),
-    }
-    tracked = _tracked_run(settings.tracking, run_dir, results["run"])
+    results = RunResults(
+        config=asdict(setup.config), environment=environment(setup.engine.device), run=_run_info(config)
+    )
+    tracked = _tracked_run(config.tracking, run_dir, results.run)
     with _sigterm_as_interrupt(), tracked or contextlib.nullcontext():
         try:
-            outcome = run_passes(settings, setup, run_dir)
+            outcome = run_passes(setup, run_dir)
         except BaseException as error:
-            results["run"]["status"] = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
-            results["run"]["ended_at"] = _now()
-            write_results(run_dir, results)  # keep the config and environment of what was attempted
+            results.run.status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
+            results.run.ended_at = _now()
+            results.write(run_dir)  # keep the config and environment of what was attempted
             raise
-        results.update(metrics=outcome.metrics, metrics_std=outcome.metrics_std, passes=outcome.pass_metrics)
+        results.metrics, results.metrics_std = outcome.metrics, outcome.metrics_std
+        results.passes = outcome.pass_metrics
         if outcome.profile is not None:
-            results["profile"] = {
-                "summary": outcome.profile.summary,
-                "metrics": summary_metrics(outcome.profile.summary),
-                "traces": [str(p.relative_to(run_dir)) for p in outcome.profile.traces],
-                "steps": outcome.profile.steps,
-                "warnings": outcome.profile.warnings,
-            }
-        results["run"].update(status="FINISHED", ended_at=_now())
+            results.profile = ProfileRecord(
+                summary=outcome.profile.summary,
+                traces=[str(p.relative_to(run_dir)) for p in outcome.profile.traces],
+                steps=outcome.profile.steps,
+                warnings=outcome.profile.warnings,
+            )
+        results.run.status, results.run.ended_at = "FINISHED", _now()
         write_outputs(run_dir, metrics.request_rows(outcome.passes[-1], setup.detokenize))
-        write_results(run_dir, results)
-        engine = f"{settings.engine.model} on {setup.engine.device} ({settings.engine.dtype})"
-        title = f"rosebench {results['run']['name']}: {engine}"
-        print(summary_table(title, outcome.metrics, outcome.metrics_std, settings.repeat))
+        results.write(run_dir)
+        engine = setup.config.engine
+        title = f"rosebench {results.run.name}: {engine.model} on {setup.engine.device} ({engine.dtype})"
+        print(summary_table(title, outcome.metrics, outcome.metrics_std, config.repeat))
         if outcome.profile is not None:
             print(f"profiled pass (untimed, not in the figures above): {run_dir / 'profile'}")
-            print(format_summary(outcome.profile.summary))
+            print(outcome.profile.summary.format())
     print(f"results: {run_dir / 'results.json'}")
     if tracked is not None and tracked.record.logged:
         from rosebench.tracking.store import ui_hint
 
         record = tracked.record
         print(f"mlflow: {ui_hint(record.tracking_uri, record.experiment_id, record.run_id)}")
-    return results["metrics"]
+    return results.metrics
 
 
 @contextlib.contextmanager
@@ -140,22 +138,20 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)  # a pooled worker (joblib) must stay stoppable
 
 
-def _tracked_run(tracking: TrackingSettings, run_dir: Path, run: dict) -> TrackedRun | None:
+def _tracked_run(tracking: TrackingSettings, run_dir: Path, run: RunInfo) -> TrackedRun | None:
     """The MLflow run around the passes, or None with tracking off (then MLflow is never imported)."""
     if not tracking.enabled:
         return None
-    from rosebench.tracking import TrackedRun
+    from rosebench.tracking.tracked_run import TrackedRun
 
-    sweep_dir = Path(run["sweep_dir"]) if run["sweep_dir"] else None
-    return TrackedRun(tracking, run_dir, run["name"], sweep_dir)
+    sweep_dir = Path(run.sweep_dir) if run.sweep_dir else None
+    return TrackedRun(tracking, run_dir, run.name, sweep_dir)
 
 
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")
-def _hydra_main(cfg: DictConfig) -> dict:
-    from rosebench.runner.settings import ConfigError
-
+def _hydra_main(cfg: DictConfig) -> dict[str, float]:
     try:
-        return benchmark(cfg)
+        return benchmark(load_config(cfg))
     except ConfigError as error:
         print(f"rosebench: error: {error}", file=sys.stderr)
         if HydraConfig.get().mode == RunMode.MULTIRUN:

@@ -10,13 +10,14 @@ import json
 import math
 import shutil
 import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from cli_helpers import FAST, assert_ok, describe, read_outputs, read_results, run_cli
+from cli_helpers import FAST, assert_ok, cli_env, describe, read_outputs, read_results, run_cli
 
 EOS = 50256
 ROW_KEYS = {
@@ -159,7 +160,16 @@ def test_online_spellings(tmp_path: Path) -> None:
         False,
     )
     assert (config["sampling"]["top_k"], config["sampling"]["top_p"]) == (40, 0.9)
-    assert config["workload"]["kind"] == "shared_prefix"
+    # Only the chosen kind's keys, and the derived values that ran: slots from the batch size, the context
+    # from the longest request (36 prompt + 3 new tokens), the block budget from both.
+    assert config["workload"] == {
+        "kind": "shared_prefix",
+        "num_prefixes": 1,
+        "prefix_len": 32,
+        "suffix_len": 4,
+    }
+    assert (engine["max_num_seqs"], engine["max_model_len"], engine["kv_cache"]["num_blocks"]) == (1, 39, 3)
+    assert config["sampling"]["max_new_tokens"] == 3 and engine["seed"] == config["seed"]
     assert results["environment"]["device"] == "cpu"
 
     metrics = results["metrics"]
@@ -330,12 +340,47 @@ BAD = {
     # 0 must be an error, not read as "unset" (null means: derive from the run).
     "max_num_seqs=0": (["engine.max_num_seqs=0"], ["engine.max_num_seqs=0", ">= 1"], True),
     "num_blocks=0": (["engine.kv_cache.num_blocks=0"], ["engine.kv_cache.num_blocks=0", ">= 1"], True),
-    "mode=sideways": (["mode=sideways"], ["mode", "offline", "online"], False),
+    "mode=sideways": (["mode=sideways"], ["mode=sideways", "offline", "online"], True),
+    "device=tpu": (["engine.device=tpu"], ["engine.device=tpu", "cuda:N"], True),
+    "max_model_len=257": (["engine.max_model_len=257"], ["engine.max_model_len=257", "[1, 256]"], True),
+    "range_ratio=1": (
+        ["workload=random", "workload.range_ratio=1"],
+        ["workload.range_ratio", "[0, 1)"],
+        True,
+    ),
+    # A kind's node holds only its own keys: Hydra rejects another kind's key, naming the kind's class.
+    "fixed-with-input_len": (["workload.input_len=5"], ["workload.input_len", "FixedWorkload"], False),
+    "random-with-prompt": (
+        ["workload=random", "workload.prompt=hi"],
+        ["workload.prompt", "RandomWorkload"],
+        False,
+    ),
+    "kind-key": (["workload=random", "workload.kind=fixed"], ["workload.kind=fixed", "workload=fixed"], True),
     "unknown-key": (["engine.foo=1"], ["engine.foo"], False),
     "jsonl-malformed-line": (["workload=jsonl", "workload.path=bad.jsonl"], ["bad.jsonl:2"], True),
     # engine=tiny has 256 positions: the message must name the key to lower and the limit.
     "too-long-for-context": (["max_new_tokens=300"], ["max_new_tokens", "300", "256"], True),
 }
+
+
+def test_config_error_and_help_import_no_torch(tmp_path: Path) -> None:
+    """--help and config errors answer without importing torch or MLflow (~4 s with torch, ~1 s without)."""
+    for args, expected in (
+        (["num_requests=0"], "rosebench: error: num_requests=0: must be >= 1"),
+        (["--help"], ""),
+    ):
+        proc = subprocess.run(
+            [sys.executable, "-X", "importtime", "-m", "rosebench", "tracking=off", *args],
+            cwd=tmp_path,
+            env=cli_env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if "|" in line}
+        assert "omegaconf" in imported, f"-X importtime printed nothing to check\n{describe(proc)}"
+        assert "torch" not in imported and "mlflow" not in imported, describe(proc)
+        assert expected in proc.stderr, describe(proc)
 
 
 @pytest.fixture(scope="module")

@@ -153,15 +153,16 @@ def test_decode_with_non_dense_slots(hf_tiny_dir, hf_tiny_model, attention):
     ]
     for seq in seqs:
         assert engine.admit(seq)
-    assert [s.slot for s in seqs] == [0, 1, 2]
+    slot_of = engine.placement.slot_of
+    assert [slot_of(s) for s in seqs] == [0, 1, 2]
     engine.prefill(seqs)
     while not seqs[1].is_finished:
         engine.decode([s for s in seqs if not s.is_finished])
     # The middle sequence finished and left slot 1 free: the next full-batch decode must move the
     # sequence in slot 2 down to slot 1 (its K/V copied) and read the batch as a dense view.
-    assert seqs[1].slot is None
+    assert slot_of(seqs[1]) is None
     engine.decode([seqs[2], seqs[0]])  # order differs from slot order on purpose
-    assert [seqs[0].slot, seqs[2].slot] == [0, 1]
+    assert [slot_of(seqs[0]), slot_of(seqs[2])] == [0, 1]
 
     # A fourth sequence joins; decoding only part of the running batch takes the gather path.
     extra = Sequence(3, B2, SamplingParams(max_new_tokens=10))

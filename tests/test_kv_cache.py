@@ -125,6 +125,27 @@ def test_hash_hit_requires_equal_tokens_and_equal_prefix():
     assert BlockManager(8, 2, enable_prefix_cache=False).cached_prefix(tokens) == []
 
 
+def test_growing_sequence_hashes_each_block_once(monkeypatch):
+    """Registering after every token hashes only newly filled blocks (was: all blocks from the first, each
+    time one filled), chained from the stored parent hash, so lookups match a one-shot registration."""
+    hashed = []
+    real = block_manager_module.chain_hash
+    monkeypatch.setattr(block_manager_module, "chain_hash", lambda p, t: hashed.append(t) or real(p, t))
+    bm = BlockManager(num_blocks=40, block_size=4)
+    tokens = list(range(100, 200))
+    table = bm.allocate(1, [])
+    for n in range(1, len(tokens) + 1):
+        bm.append_slot(table, n)
+        bm.register_full_blocks(table, tokens[:n])
+    assert hashed == [tuple(tokens[i : i + 4]) for i in range(0, 100, 4)]  # 25 blocks, each hashed once
+    hashed.clear()
+    assert bm.cached_prefix(tokens) == table
+    fresh = BlockManager(num_blocks=40, block_size=4)
+    fresh_table = fresh.allocate(100, [])
+    fresh.register_full_blocks(fresh_table, tokens)
+    assert [bm.blocks[b].hash for b in table] == [fresh.blocks[b].hash for b in fresh_table]
+
+
 def test_hash_collision_is_not_a_hit(monkeypatch):
     """Even when every hash collides, a block whose tokens differ is never served."""
     monkeypatch.setattr(block_manager_module, "chain_hash", lambda parent, token_ids: 42)
@@ -200,19 +221,19 @@ def check_invariants(engine: Engine, seqs: list[Sequence]) -> None:
         for block_id in seq.block_table:
             expected[block_id] += 1
     assert counts == expected
-    assert len({s.slot for s in running}) == len(running)
-    for seq in running:
-        assert engine.cache.owner[seq.slot] == seq.seq_id
+    slots = [engine.placement.slot_of(s) for s in running]
+    assert None not in slots and len(set(slots)) == len(running)
+    assert engine.placement.num_running == len(running)
     for seq in seqs:
         if seq.status is not SequenceStatus.RUNNING:
-            assert seq.block_table == [] and seq.slot is None, seq
+            assert seq.block_table == [] and engine.placement.slot_of(seq) is None, seq
 
 
 def assert_all_released(engine: Engine) -> None:
     assert ref_counts(engine.blocks) == [0] * engine.blocks.num_blocks
     assert engine.kv_stats().used_blocks == 0
     assert engine.num_running == 0
-    assert engine.cache.num_free_slots == engine.max_num_seqs
+    assert engine.placement.num_free_slots == engine.max_num_seqs
 
 
 @pytest.mark.parametrize("prefix_cache", [True, False])
@@ -270,7 +291,8 @@ def test_admission_refused_when_cache_is_full(hf_tiny_dir):
     before = snapshot(engine.blocks)
     assert not engine.admit(second)
     assert snapshot(engine.blocks) == before
-    assert second.status is SequenceStatus.WAITING and second.slot is None and second.block_table == []
+    assert second.status is SequenceStatus.WAITING and second.block_table == []
+    assert engine.placement.slot_of(second) is None
     assert engine.num_running == 1
 
 
@@ -376,7 +398,7 @@ def test_random_workloads_keep_kv_invariants(
         admitted = []
         while waiting and engine.admit(waiting[0]):
             admitted.append(waiting.pop(0))
-        if waiting and engine.cache.num_free_slots:
+        if waiting and engine.placement.num_free_slots:
             event("admission refused for blocks")
         assert admitted or running, f"nothing runs and {waiting[0]} cannot be admitted"
         if admitted:

@@ -39,13 +39,13 @@ def test_profiled_engine_pass_has_prefill_and_decode_steps(mode: str, tmp_path: 
     assert names.count("rosebench.engine.prefill") == 1
     assert names.count("rosebench.engine.decode") == settings.active - 1  # step 1 is the prefill
     assert sum(1 for n in names if str(n).startswith("ProfilerStep#")) >= settings.active
-    labels = profile.summary["labels"]
+    labels = profile.summary.labels
     counts = {e.key: e.count for e in profile.key_averages[0] if e.key.startswith("rosebench.")}
     for label in ("rosebench.engine.prefill", "rosebench.engine.decode", "rosebench.model.forward"):
-        assert labels[label]["count"] == counts[label]
+        assert labels[label].count == counts[label]
     layers = engine.model_config.n_layer
-    assert labels["rosebench.attention.attend"]["count"] == layers * settings.active
-    assert profile.summary["cpu_ops_per_decode_step"] > 0
+    assert labels["rosebench.attention.attend"].count == layers * settings.active
+    assert profile.summary.cpu_ops_per_decode_step > 0
     assert (tmp_path / "summary.json").is_file() and (tmp_path / "key_averages.txt").is_file()
 
 

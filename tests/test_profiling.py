@@ -15,12 +15,12 @@ from rosebench.profiling import (
     ProfileScheduleWarning,
     ProfileSession,
     ProfileSettings,
-    format_summary,
+    TraceSummary,
     profile_session,
     summarize_trace,
     summarize_traces,
-    summary_metrics,
 )
+from rosebench.profiling.session import profiler_activities
 
 CPU = torch.device("cpu")
 HOST = {"pid": 1, "tid": 1}
@@ -79,58 +79,58 @@ def _gpu_trace() -> dict:
 
 def test_summary_of_a_hand_written_gpu_trace():
     s = summarize_trace(_gpu_trace())
-    assert s["window_ms"] == pytest.approx(0.3)
-    assert s["steps"] == 3
-    assert s["decode_steps"] == 2
+    assert s.window_ms == pytest.approx(0.3)
+    assert s.steps == 3
+    assert s.decode_steps == 2
     labels = {"rosebench.engine.prefill", "rosebench.engine.decode", "rosebench.model.forward"}
-    assert set(s["labels"]) == labels
-    assert s["labels"]["rosebench.engine.decode"]["count"] == 2
-    assert s["labels"]["rosebench.engine.decode"]["total_ms"] == pytest.approx(0.14)
-    assert s["labels"]["rosebench.engine.decode"]["share"] == pytest.approx(140 / 300)
-    assert s["labels"]["rosebench.model.forward"]["count"] == 3
-    assert s["labels"]["rosebench.model.forward"]["total_ms"] == pytest.approx(0.12)
-    assert s["labels"]["rosebench.engine.prefill"]["share"] == pytest.approx(80 / 300)
-    assert s["cpu_ops_per_decode_step"] == pytest.approx(5 / 2)
-    assert s["kernels_per_decode_step"] == pytest.approx(3 / 2)
-    assert s["device_busy_ms"] == pytest.approx(0.089)
-    assert s["device_idle_fraction"] == pytest.approx(1 - 89 / 300)
-    json.dumps(s)  # must be JSON-serializable as is
+    assert set(s.labels) == labels
+    assert s.labels["rosebench.engine.decode"].count == 2
+    assert s.labels["rosebench.engine.decode"].total_ms == pytest.approx(0.14)
+    assert s.labels["rosebench.engine.decode"].share == pytest.approx(140 / 300)
+    assert s.labels["rosebench.model.forward"].count == 3
+    assert s.labels["rosebench.model.forward"].total_ms == pytest.approx(0.12)
+    assert s.labels["rosebench.engine.prefill"].share == pytest.approx(80 / 300)
+    assert s.cpu_ops_per_decode_step == pytest.approx(5 / 2)
+    assert s.kernels_per_decode_step == pytest.approx(3 / 2)
+    assert s.device_busy_ms == pytest.approx(0.089)
+    assert s.device_idle_fraction == pytest.approx(1 - 89 / 300)
+    assert TraceSummary.from_dict(json.loads(json.dumps(s.to_dict()))) == s  # round-trips through JSON
 
 
 def test_cycles_combine_as_if_laid_end_to_end():
     one, two = summarize_trace(_gpu_trace()), summarize_traces([_gpu_trace(), _gpu_trace()])
-    assert two["window_ms"] == pytest.approx(2 * one["window_ms"])
-    assert two["steps"] == 2 * one["steps"]
-    assert two["labels"]["rosebench.engine.decode"]["count"] == 4
+    assert two.window_ms == pytest.approx(2 * one.window_ms)
+    assert two.steps == 2 * one.steps
+    assert two.labels["rosebench.engine.decode"].count == 4
     for key in ("cpu_ops_per_decode_step", "kernels_per_decode_step", "device_idle_fraction"):
-        assert two[key] == pytest.approx(one[key])
+        assert getattr(two, key) == pytest.approx(getattr(one, key))
 
 
 def test_cpu_only_trace_has_null_device_figures_and_no_trace_gives_zero_steps():
     cpu_only = {"traceEvents": [e for e in _gpu_trace()["traceEvents"] if e.get("pid") != 0]}
     s = summarize_trace(cpu_only)
-    assert s["kernels_per_decode_step"] is None
-    assert s["device_busy_ms"] is None and s["device_idle_fraction"] is None
-    assert s["cpu_ops_per_decode_step"] == pytest.approx(2.5)
+    assert s.kernels_per_decode_step is None
+    assert s.device_busy_ms is None and s.device_idle_fraction is None
+    assert s.cpu_ops_per_decode_step == pytest.approx(2.5)
 
     empty = summarize_traces([])
-    assert empty["steps"] == 0 and empty["window_ms"] == 0 and empty["labels"] == {}
-    assert empty["cpu_ops_per_decode_step"] == 0
+    assert empty.steps == 0 and empty.window_ms == 0 and empty.labels == {}
+    assert empty.cpu_ops_per_decode_step == 0
 
 
 def test_metrics_and_console_table():
     s = summarize_trace(_gpu_trace())
-    m = summary_metrics(s)
-    assert m["profile_steps"] == 3
-    assert m["profile_kernels_per_decode_step"] == pytest.approx(1.5)
-    assert m["profile_device_idle_fraction"] == pytest.approx(1 - 89 / 300)
-    assert m["profile_label_engine_decode_ms"] == pytest.approx(0.14)
-    assert m["profile_label_model_forward_share"] == pytest.approx(120 / 300)
+    m = s.metrics()
+    assert m["steps"] == 3
+    assert m["kernels_per_decode_step"] == pytest.approx(1.5)
+    assert m["device_idle_fraction"] == pytest.approx(1 - 89 / 300)
+    assert m["label_engine_decode_ms"] == pytest.approx(0.14)
+    assert m["label_model_forward_share"] == pytest.approx(120 / 300)
     assert all(isinstance(v, float) for v in m.values())
     cpu_only = {"traceEvents": [e for e in _gpu_trace()["traceEvents"] if e.get("pid") != 0]}
-    assert "profile_kernels_per_decode_step" not in summary_metrics(summarize_trace(cpu_only))
+    assert "kernels_per_decode_step" not in summarize_trace(cpu_only).metrics()
 
-    table = format_summary(s)
+    table = s.format()
     lines = table.splitlines()
     assert "3 steps" in lines[0] and "device idle 70.3%" in lines[0]
     assert lines[2].startswith("rosebench.engine.decode")  # longest total first
@@ -174,22 +174,22 @@ def test_real_cpu_profile_through_session(tmp_path: Path):
     assert names.count("rosebench.engine.decode") == 4
 
     summary = result.summary
-    assert json.loads((tmp_path / "summary.json").read_text()) == summary
-    assert summary["steps"] == 5 and summary["decode_steps"] == 4
-    assert summary["window_ms"] > 0
-    assert summary["cpu_ops_per_decode_step"] > 0
-    assert summary["kernels_per_decode_step"] is None and summary["device_idle_fraction"] is None
+    assert TraceSummary.from_dict(json.loads((tmp_path / "summary.json").read_text())) == summary
+    assert summary.steps == 5 and summary.decode_steps == 4
+    assert summary.window_ms > 0
+    assert summary.cpu_ops_per_decode_step > 0
+    assert summary.kernels_per_decode_step is None and summary.device_idle_fraction is None
     averages = {e.key: e.count for e in result.key_averages[0]}
-    for label, stats in summary["labels"].items():
-        assert stats["count"] == averages[label]
-        assert 0 < stats["share"] <= 1
+    for label, stats in summary.labels.items():
+        assert stats.count == averages[label]
+        assert 0 < stats.share <= 1
     assert {
         "rosebench.engine.prefill",
         "rosebench.engine.decode",
         "rosebench.scheduler.step",
         "rosebench.model.forward",
         "rosebench.sampler.sample",
-    } <= set(summary["labels"])
+    } <= set(summary.labels)
 
 
 def test_short_pass_warns_and_keeps_what_it_recorded(tmp_path: Path):
@@ -201,7 +201,7 @@ def test_short_pass_warns_and_keeps_what_it_recorded(tmp_path: Path):
     assert result.warnings and "ran 3 steps" in result.warnings[0]
     # Stopping mid-active exported the one active step; the empty step opened by the last step() is dropped.
     assert result.traces == [tmp_path / "trace_0.json.gz"]
-    assert result.summary["steps"] == 1 and result.summary["decode_steps"] == 1
+    assert result.summary.steps == 1 and result.summary.decode_steps == 1
     assert "# warning: profiled pass ran 3 steps" in (tmp_path / "key_averages.txt").read_text()
 
 
@@ -221,8 +221,8 @@ def test_repeat_writes_one_trace_per_cycle(tmp_path: Path):
     result = session.result
     assert result.traces == [tmp_path / "trace_0.json.gz", tmp_path / "trace_1.json.gz"]
     assert len(result.key_averages) == 2
-    assert result.summary["steps"] == 4
-    per_cycle = [summarize_trace(p)["labels"]["rosebench.scheduler.step"]["count"] for p in result.traces]
+    assert result.summary.steps == 4
+    per_cycle = [summarize_trace(p).labels["rosebench.scheduler.step"].count for p in result.traces]
     assert per_cycle == [2, 2]
 
 
@@ -235,11 +235,11 @@ def test_disabled_profiling_has_no_profiler(tmp_path: Path):
 
 def test_settings_validation_and_activities():
     assert ProfileSettings(**{"enabled": True, "wait": 1, "warmup": 1, "active": 2}).steps_needed == 4
-    assert ProfileSettings().profiler_activities(torch.device("cuda")) == [
+    assert profiler_activities(ProfileSettings(), torch.device("cuda")) == [
         torch.profiler.ProfilerActivity.CPU,
         torch.profiler.ProfilerActivity.CUDA,
     ]
-    assert ProfileSettings(activities="CPU").profiler_activities(torch.device("cuda")) == [
+    assert profiler_activities(ProfileSettings(activities="CPU"), torch.device("cuda")) == [
         torch.profiler.ProfilerActivity.CPU
     ]
     with pytest.raises(ValueError, match="active"):

@@ -11,6 +11,7 @@ import itertools
 import math
 import random
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,7 @@ from rosebench.engine import EOS_TOKEN_ID, Engine, EngineConfig, KVCacheConfig, 
 from rosebench.engine.tokenizer import load_tokenizer
 from rosebench.metrics import pass_metrics
 from rosebench.scheduler import OfflineScheduler, OnlineScheduler, PassResult, SchedulerConfig
-from rosebench.workload import Request, build_workload
+from rosebench.workload import RandomWorkload, Request, SharedPrefixWorkload, build_workload
 
 GREEDY = SamplingParams(ignore_eos=True)
 
@@ -71,15 +72,12 @@ def random_workload(
     options.setdefault("input_len", 16)
     options.setdefault("range_ratio", 0.5)
     return build_workload(
-        "random",
+        RandomWorkload(output_len=new, **options),
         num_requests=n,
-        max_new_tokens=new,
-        sampling=GREEDY,
+        sampling=replace(GREEDY, max_new_tokens=new),
         tokenizer=load_tokenizer(),
         seed=seed,
         request_rate=rate,
-        output_len=new,
-        **options,
     )
 
 
@@ -360,15 +358,11 @@ def test_property_random_mixes(scenario: dict, weights: Path, reference: Referen
 @pytest.mark.parametrize("max_batched_tokens", [36, 2048])
 def test_shared_prefix_hit_rate(kind: str, max_batched_tokens: int, weights: Path) -> None:
     requests = build_workload(
-        "shared_prefix",
+        SharedPrefixWorkload(num_prefixes=2, prefix_len=32, suffix_len=4),
         num_requests=8,
-        max_new_tokens=4,
-        sampling=GREEDY,
+        sampling=replace(GREEDY, max_new_tokens=4),
         tokenizer=load_tokenizer(),
         seed=0,
-        num_prefixes=2,
-        prefix_len=32,
-        suffix_len=4,
     )
     # 36: one prompt per prefill step. 2048: all would fit one step, so the scheduler must hold back
     # prompts whose prefix is being computed in that step until it is published, or they miss.

@@ -23,6 +23,7 @@ from rosebench.tracking import TrackedRun, TrackingSettings, TrackingWarning, lo
 from rosebench.tracking.store import SWEEP_HANDOFF, resolve_tracking_uri
 from rosebench.tracking.sweep_callback import MlflowSweepCallback
 from rosebench.tracking.sweep_parent import SWEEP_TABLE
+from rosebench.tracking.table import child_runs
 
 REPO = Path(__file__).resolve().parents[1]
 HEADLINE = [
@@ -85,13 +86,18 @@ def make_run_folder(
         (run_dir / "profile" / "key_averages.txt").write_text(
             "Name  Self CPU\nrosebench.engine.decode  5us\n"
         )
-        summary = {"labels": {"rosebench.engine.decode": {"total_ms": 0.005}}}
-        (run_dir / "profile" / "summary.json").write_text(json.dumps(summary))
-        profile = {
-            "summary": summary,
-            "metrics": {"device_idle_fraction": 0.25, "steps": 12},
-            "traces": ["profile/trace_0.json.gz"],
+        summary = {
+            "window_ms": 0.02,
+            "steps": 12,
+            "decode_steps": 11,
+            "labels": {"rosebench.engine.decode": {"count": 11, "total_ms": 0.005, "share": 0.25}},
+            "cpu_ops_per_decode_step": 40.0,
+            "kernels_per_decode_step": 30.0,
+            "device_busy_ms": 0.015,
+            "device_idle_fraction": 0.25,
         }
+        (run_dir / "profile" / "summary.json").write_text(json.dumps(summary))
+        profile = {"summary": summary, "traces": ["profile/trace_0.json.gz"], "steps": 12}
     document = {
         "config": config,
         "metrics": fake_metrics(num_requests),
@@ -331,7 +337,7 @@ def test_upload_sweep_folder_makes_parent_and_children(tmp_path, capsys):
     parent = client.get_run(handoff["parent_run_id"])
     assert parent.info.status == "FINISHED"
     assert parent.data.tags["swept_keys"] == "num_requests"
-    children = report.child_runs(client, parent.info.run_id)
+    children = child_runs(client, parent.info.run_id)
     assert sorted(c.data.params["num_requests"] for c in children) == ["1", "16", "4"]
     assert {json.loads((j / "tracking.json").read_text())["run_id"] for j in jobs} == {
         c.info.run_id for c in children
@@ -341,7 +347,7 @@ def test_upload_sweep_folder_makes_parent_and_children(tmp_path, capsys):
     capsys.readouterr()
     assert upload.main([str(sweep), "--uri", uri]) == 0
     assert "skipped" in capsys.readouterr().out
-    assert len(report.child_runs(client, parent.info.run_id)) == 3
+    assert len(child_runs(client, parent.info.run_id)) == 3
 
 
 def test_log_run_folder_as_child(tmp_path):

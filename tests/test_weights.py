@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 from rosebench.engine import Engine, EngineConfig, KVCacheConfig, SamplingParams, Sequence, WeightsError
-from rosebench.engine.config import resolve_device
+from rosebench.engine.engine import resolve_device
 from rosebench.engine.weights import build_model
 
 PROMPT = [15496, 11, 616, 1438, 318, 257]
@@ -320,18 +320,20 @@ def test_cuda_without_gpu_names_the_key():
         ({"max_num_seqs": 0}, r"engine\.max_num_seqs=0: must be >= 1"),
         ({"max_model_len": 0}, r"engine\.max_model_len=0: must be >= 1"),
         ({"max_model_len": 257}, r"engine\.max_model_len=257: must be in \[1, 256\]"),
-        ({"kv_cache": KVCacheConfig(block_size=0)}, r"engine\.kv_cache\.block_size=0: must be >= 1"),
-        ({"kv_cache": KVCacheConfig(num_blocks=0)}, r"engine\.kv_cache\.num_blocks=0: must be >= 1"),
-        ({"kv_cache": KVCacheConfig(memory_fraction=1.5)}, r"engine\.kv_cache\.memory_fraction=1\.5"),
+        ({"kv_cache": {"block_size": 0}}, r"engine\.kv_cache\.block_size=0: must be >= 1"),
+        ({"kv_cache": {"num_blocks": 0}}, r"engine\.kv_cache\.num_blocks=0: must be >= 1"),
+        ({"kv_cache": {"memory_fraction": 1.5}}, r"engine\.kv_cache\.memory_fraction=1\.5"),
         ({"dtype": "float64"}, r"engine\.dtype=float64: allowed values are float32"),
         ({"attention": "flash"}, r"engine\.attention=flash: allowed values are slot, naive"),
     ],
 )
 def test_engine_range_checks_name_the_key(changes: dict, message: str):
     with pytest.raises(ValueError, match=message):
+        if "kv_cache" in changes:  # the nested config checks itself as it is made
+            changes = {**changes, "kv_cache": KVCacheConfig(**changes["kv_cache"])}
         Engine(EngineConfig(model="tiny", device="cpu", **changes))
 
 
 def test_unknown_device_names_the_key():
-    with pytest.raises(ValueError, match=r"engine\.device=tpu"):
-        resolve_device("tpu")
+    with pytest.raises(ValueError, match=r"engine\.device=tpu: allowed values are auto, cpu, cuda, cuda:N"):
+        EngineConfig(model="tiny", device="tpu")

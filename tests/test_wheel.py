@@ -144,7 +144,7 @@ def test_wheel_ships_configs_and_tokenizer(wheel: Path) -> None:
         "rosebench/conf/config.yaml",
         "rosebench/conf/engine/tiny.yaml",
         "rosebench/conf/engine/gpt2.yaml",
-        "rosebench/conf/workload/jsonl.yaml",
+        "rosebench/conf/sampling/top_k_top_p.yaml",
         "rosebench/conf/tracking/off.yaml",
         "rosebench/conf/hydra/launcher/parallel.yaml",
         "rosebench/engine/assets/gpt2.tiktoken",

@@ -1,24 +1,21 @@
 """A small GPT-2 inference engine in plain PyTorch: slot KV cache with block accounting, prefix cache,
-batched sampling. Knows nothing of Hydra, MLflow or the benchmark runner."""
+batched sampling. Knows nothing of Hydra, MLflow or the benchmark runner.
 
-from rosebench.engine.block_manager import KVCacheFullError
-from rosebench.engine.config import MODEL_PRESETS, EngineConfig, KVCacheConfig, ModelConfig
-from rosebench.engine.engine import EOS_TOKEN_ID, Engine, KVStats, RequestTooLongError
-from rosebench.engine.sequence import SamplingParams, Sequence, SequenceStatus
-from rosebench.engine.weights import WeightsError
+Names resolve on first use: the config dataclasses (``rosebench.engine.config``) import no torch."""
 
-__all__ = [
-    "EOS_TOKEN_ID",
-    "MODEL_PRESETS",
-    "Engine",
-    "EngineConfig",
-    "KVCacheConfig",
-    "KVCacheFullError",
-    "KVStats",
-    "ModelConfig",
-    "RequestTooLongError",
-    "SamplingParams",
-    "Sequence",
-    "SequenceStatus",
-    "WeightsError",
-]
+from rosebench._lazy import lazy_exports
+
+_EXPORTS = {
+    "rosebench.engine.config": (
+        "EOS_TOKEN_ID",
+        "MODEL_PRESETS",
+        "EngineConfig",
+        "KVCacheConfig",
+        "ModelConfig",
+    ),
+    "rosebench.engine.engine": ("Engine", "KVStats", "RequestTooLongError"),
+    "rosebench.engine.block_manager": ("KVCacheFullError",),
+    "rosebench.engine.sequence": ("SamplingParams", "Sequence", "SequenceStatus"),
+    "rosebench.engine.weights": ("WeightsError",),
+}
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

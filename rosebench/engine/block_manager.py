@@ -75,6 +75,11 @@ class BlockManager:
             parent = block.hash
         return hits
 
+    def is_cached_and_free(self, block_id: int) -> bool:
+        """Whether the block is the prefix cache's copy of some content and no sequence holds it."""
+        block = self.blocks[block_id]
+        return block.ref_count == 0 and block.hash is not None and self._by_hash.get(block.hash) == block_id
+
     def can_allocate(self, num_tokens: int, cached: list[int]) -> bool:
         return self._new_blocks_needed(num_tokens, cached) <= self.num_free
 
@@ -102,17 +107,25 @@ class BlockManager:
         self._note_peak()
 
     def register_full_blocks(self, table: list[int], token_ids: list[int]) -> None:
-        """Publish every full block of a sequence in the prefix cache (already published ones are kept)."""
+        """Publish the sequence's newly filled blocks in the prefix cache.
+
+        Only blocks without a hash are hashed, each chained from its parent's stored hash, so a sequence
+        costs O(its blocks) over its whole life. A block whose content another block already publishes
+        keeps its hash (its children chain from it) but is not published a second time.
+        """
         if not self.enable_prefix_cache:
             return
-        parent: int | None = None
-        for index in range(len(token_ids) // self.block_size):
+        num_full = len(token_ids) // self.block_size
+        first_new = num_full
+        while first_new > 0 and self.blocks[table[first_new - 1]].hash is None:
+            first_new -= 1
+        parent = self.blocks[table[first_new - 1]].hash if first_new else None
+        for index in range(first_new, num_full):
             chunk = tuple(token_ids[index * self.block_size : (index + 1) * self.block_size])
             key = chain_hash(parent, chunk)
             block = self.blocks[table[index]]
-            if block.hash is None and key not in self._by_hash:
-                block.hash, block.token_ids, block.parent_hash = key, chunk, parent
-                self._by_hash[key] = block.block_id
+            block.hash, block.token_ids, block.parent_hash = key, chunk, parent
+            self._by_hash.setdefault(key, block.block_id)
             parent = key
 
     def free(self, table: list[int]) -> None:
@@ -132,6 +145,11 @@ class BlockManager:
         if block.hash is not None and self._by_hash.get(block.hash) == block_id:
             del self._by_hash[block.hash]
         block.hash, block.token_ids, block.parent_hash = None, (), None
+
+    def reset_stats(self) -> None:
+        """Start counting a new pass: the peak from what is held now, no lookups yet."""
+        self.peak_used = self.num_used
+        self.prefix_queries = self.prefix_hits = 0
 
     def record_lookup(self, num_prompt_tokens: int, num_hit_tokens: int) -> None:
         self.prefix_queries += num_prompt_tokens

@@ -1,15 +1,21 @@
-"""Model shapes (with presets) and the engine's settings. Plain dataclasses: the engine knows no Hydra."""
+"""Model shapes (with presets) and the engine's settings: plain dataclasses, no torch and no Hydra.
+
+``EngineConfig`` is also the runner's ``engine`` config node (Hydra builds it with ``OmegaConf.to_object``),
+so its checks run in ``__post_init__`` and every message names the key as a user writes it.
+"""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
-import torch
+EOS_TOKEN_ID = 50256  # GPT-2's <|endoftext|>, the last id of its vocabulary
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    vocab_size: int = 50257
+    vocab_size: int = EOS_TOKEN_ID + 1
     n_positions: int = 1024
     n_embd: int = 768
     n_layer: int = 12
@@ -33,16 +39,27 @@ MODEL_PRESETS: dict[str, ModelConfig] = {
     "tiny": ModelConfig(n_positions=256, n_embd=64, n_layer=2, n_head=4),
 }
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPE_NAMES = ("float32", "bfloat16", "float16")
+ATTENTION_NAMES = ("slot", "naive")  # the keys of attention.ATTENTION_CLASSES
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def _at_least_one(key: str, value: int | None) -> None:
+    if value is not None and value < 1:
+        raise ValueError(f"{key}={value}: must be >= 1")
 
 
 @dataclass
 class KVCacheConfig:
     block_size: int = 16
-    # Accounting budget in blocks; None = every slot may grow to max_model_len.
-    num_blocks: int | None = None
-    # When set, size the cache to this fraction of the device's free memory instead.
-    memory_fraction: float | None = None
+    num_blocks: int | None = None  # accounting budget in blocks; None = every slot may grow to max_model_len
+    memory_fraction: float | None = None  # size the cache to this fraction of the device's free memory
+
+    def __post_init__(self) -> None:
+        _at_least_one("engine.kv_cache.block_size", self.block_size)
+        _at_least_one("engine.kv_cache.num_blocks", self.num_blocks)
+        if self.memory_fraction is not None and not 0 < self.memory_fraction <= 1:
+            raise ValueError(f"engine.kv_cache.memory_fraction={self.memory_fraction}: must be in (0, 1]")
 
 
 @dataclass
@@ -50,28 +67,27 @@ class EngineConfig:
     model: str = "gpt2"
     weights: str | None = None  # None = seeded random init; else an HF folder or a .pt checkpoint
     dtype: str = "float32"
-    device: str = "auto"
+    device: str = "auto"  # auto = CUDA when present
     attention: str = "slot"
-    max_num_seqs: int = 64
+    max_num_seqs: int = 64  # KV slots: sequences resident at once
     max_model_len: int | None = None  # None = the model's n_positions
     prefix_cache: bool = True
     prepack: bool = True  # oneDNN-prepacked linear weights on CPU float32 (see cpu_linear.py)
-    seed: int = 0
+    seed: int = 0  # seeds random weights and the sampling of requests that carry no seed
     kv_cache: KVCacheConfig = field(default_factory=KVCacheConfig)
 
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when present; an explicit ``cuda`` without a GPU is an error, not a fallback."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"engine.device={name}: no CUDA device is available here (allowed: auto, cpu)")
-    if name != "cpu" and not name.startswith("cuda"):
-        raise ValueError(f"engine.device={name}: allowed values are auto, cpu, cuda, cuda:N")
-    return torch.device(name)
-
-
-def resolve_dtype(name: str) -> torch.dtype:
-    if name not in DTYPES:
-        raise ValueError(f"engine.dtype={name}: allowed values are {', '.join(DTYPES)}")
-    return DTYPES[name]
+    def __post_init__(self) -> None:
+        if self.model not in MODEL_PRESETS:
+            raise ValueError(f"engine.model={self.model}: allowed values are {', '.join(MODEL_PRESETS)}")
+        if self.weights is not None and not Path(self.weights).expanduser().exists():
+            raise ValueError(f"engine.weights={self.weights}: no such file or folder")
+        if self.dtype not in DTYPE_NAMES:
+            raise ValueError(f"engine.dtype={self.dtype}: allowed values are {', '.join(DTYPE_NAMES)}")
+        if not _DEVICE.fullmatch(self.device):
+            raise ValueError(f"engine.device={self.device}: allowed values are auto, cpu, cuda, cuda:N")
+        if self.attention not in ATTENTION_NAMES:
+            raise ValueError(
+                f"engine.attention={self.attention}: allowed values are {', '.join(ATTENTION_NAMES)}"
+            )
+        _at_least_one("engine.max_num_seqs", self.max_num_seqs)
+        _at_least_one("engine.max_model_len", self.max_model_len)

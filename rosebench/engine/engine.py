@@ -6,7 +6,7 @@ Its API is all a scheduler needs: ``check_request``, ``admit``, ``prefill``, ``c
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import psutil
 import torch
@@ -14,14 +14,15 @@ from torch.profiler import record_function
 
 from rosebench.engine.attention import ATTENTION_CLASSES, StepBatch
 from rosebench.engine.block_manager import BlockManager
-from rosebench.engine.config import EngineConfig, resolve_device, resolve_dtype
+from rosebench.engine.config import EOS_TOKEN_ID, EngineConfig
 from rosebench.engine.cpu_linear import prepack, prepack_supported
 from rosebench.engine.kv_cache import SlotKVCache
+from rosebench.engine.placement import SlotPlacement
 from rosebench.engine.sampler import Sampler
-from rosebench.engine.sequence import Sequence, SequenceStatus
+from rosebench.engine.sequence import Sequence, SequenceStatus, request_seed
 from rosebench.engine.weights import build_model
 
-EOS_TOKEN_ID = 50256
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class RequestTooLongError(ValueError):
@@ -37,33 +38,22 @@ class KVStats:
     prefix_hits: int
 
 
-def check_config(config: EngineConfig) -> None:
-    """The engine's range checks, before anything is built; each message names the key."""
-    if config.attention not in ATTENTION_CLASSES:
-        raise ValueError(
-            f"engine.attention={config.attention}: allowed values are {', '.join(ATTENTION_CLASSES)}"
-        )
-    resolve_device(config.device)
-    resolve_dtype(config.dtype)
-    kv = config.kv_cache
-    for key, value in (
-        ("max_num_seqs", config.max_num_seqs),
-        ("max_model_len", config.max_model_len),
-        ("kv_cache.block_size", kv.block_size),
-        ("kv_cache.num_blocks", kv.num_blocks),
-    ):
-        if value is not None and value < 1:
-            raise ValueError(f"engine.{key}={value}: must be >= 1")
-    if kv.memory_fraction is not None and not 0 < kv.memory_fraction <= 1:
-        raise ValueError(f"engine.kv_cache.memory_fraction={kv.memory_fraction}: must be in (0, 1]")
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present; an explicit ``cuda`` without a GPU is an error, not a fallback."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"engine.device={name}: no CUDA device is available here (allowed: auto, cpu)")
+    return torch.device(name)
 
 
 class Engine:
+    """Runs sequences on one device. ``config`` is the resolved configuration that runs: the slots,
+    context length and block budget it derived are filled in."""
+
     def __init__(self, config: EngineConfig, eos_token_id: int = EOS_TOKEN_ID) -> None:
-        check_config(config)
-        self.config = config
         self.device = resolve_device(config.device)
-        self.dtype = resolve_dtype(config.dtype)
+        self.dtype = DTYPES[config.dtype]
         self.eos_token_id = eos_token_id
         model = build_model(config.model, config.weights, config.seed)
         self.model = model.to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)
@@ -73,10 +63,10 @@ class Engine:
         n_positions = self.model_config.n_positions
         if config.max_model_len is not None and config.max_model_len > n_positions:
             raise ValueError(f"engine.max_model_len={config.max_model_len}: must be in [1, {n_positions}]")
-        self.max_model_len = config.max_model_len or n_positions
+        max_model_len = config.max_model_len or n_positions
         self.block_size = config.kv_cache.block_size
-        blocks_per_slot = -(-self.max_model_len // self.block_size)
-        num_slots = self._num_slots(blocks_per_slot)
+        blocks_per_slot = -(-max_model_len // self.block_size)
+        num_slots = self._num_slots(config, max_model_len, blocks_per_slot)
         num_blocks = config.kv_cache.num_blocks
         if num_blocks is None:
             num_blocks = num_slots * blocks_per_slot
@@ -85,6 +75,12 @@ class Engine:
                 f"engine.kv_cache.num_blocks={num_blocks}: must be in [1, {num_slots * blocks_per_slot}] "
                 f"(max_num_seqs={num_slots} slots of {blocks_per_slot} blocks)"
             )
+        self.config = replace(
+            config,
+            max_num_seqs=num_slots,
+            max_model_len=max_model_len,
+            kv_cache=replace(config.kv_cache, num_blocks=num_blocks),
+        )
         self.cache = SlotKVCache(
             self.model_config,
             num_slots,
@@ -94,14 +90,18 @@ class Engine:
             self.device,
         )
         self.blocks = BlockManager(num_blocks, self.block_size, config.prefix_cache)
+        self.placement = SlotPlacement(self.cache, self.blocks)
         self.sampler = Sampler()
         self._attention = ATTENTION_CLASSES[config.attention]
-        self._running: dict[int, Sequence] = {}
 
     # -- capacity ------------------------------------------------------------------------------------
     @property
     def max_num_seqs(self) -> int:
         return self.cache.num_slots
+
+    @property
+    def max_model_len(self) -> int:
+        return self.config.max_model_len
 
     @property
     def prefix_cache(self) -> bool:
@@ -110,7 +110,7 @@ class Engine:
     @property
     def num_running(self) -> int:
         """Sequences holding a slot (after a run: 0, or the KV cache leaked)."""
-        return len(self._running)
+        return self.placement.num_running
 
     def check_request(self, num_prompt_tokens: int, max_new_tokens: int) -> None:
         """Raise before a run if a request could never complete, rather than halfway through it."""
@@ -133,13 +133,12 @@ class Engine:
         return KVStats(b.num_blocks, b.num_used, b.peak_used, b.prefix_queries, b.prefix_hits)
 
     def reset_stats(self) -> None:
-        self.blocks.peak_used = self.blocks.num_used
-        self.blocks.prefix_queries = self.blocks.prefix_hits = 0
+        self.blocks.reset_stats()
 
     # -- admission -----------------------------------------------------------------------------------
     def admit(self, seq: Sequence) -> bool:
         """Give ``seq`` a slot and blocks (reusing cached prefix blocks); False when they are not free."""
-        if self.cache.num_free_slots == 0:
+        if self.placement.num_free_slots == 0:
             return False
         token_ids = seq.token_ids
         hits = self.blocks.cached_prefix(token_ids)
@@ -148,20 +147,14 @@ class Engine:
         if not self.blocks.can_allocate(len(token_ids), hits):
             return False
         with record_function("rosebench.engine.admit"):
-            slot = self._pick_slot(hits)
-            self._claim_slot(slot, keep=dict(enumerate(hits)))
-            table = self.blocks.allocate(len(token_ids), hits)
-            self._copy_in(slot, hits)
-            for index, block_id in enumerate(table):
-                self.cache.place(block_id, slot, index)
+            seq.block_table = self.blocks.allocate(len(token_ids), hits)
+            self.placement.admit(seq, seq.block_table, len(hits))
         cached_tokens = len(hits) * self.block_size
         if not seq.output_token_ids:  # hit rate counts prompts, not recomputation after preemption
             self.blocks.record_lookup(len(token_ids), cached_tokens)
             seq.num_cached_tokens = cached_tokens
-        seq.slot, seq.block_table, seq.num_computed_tokens = slot, table, cached_tokens
+        seq.num_computed_tokens = cached_tokens
         seq.status = SequenceStatus.RUNNING
-        self.cache.owner[slot] = seq.seq_id
-        self._running[seq.seq_id] = seq
         return True
 
     def can_decode(self, seqs: list[Sequence]) -> bool:
@@ -170,12 +163,10 @@ class Engine:
         return needed <= self.blocks.num_free
 
     def free(self, seq: Sequence) -> None:
-        if seq.slot is None:  # already freed (finished or preempted)
+        if self.placement.slot_of(seq) is None:  # already freed (finished or preempted)
             return
         self.blocks.free(seq.block_table)
-        self.cache.owner[seq.slot] = None
-        self._running.pop(seq.seq_id, None)
-        seq.slot = None
+        self.placement.release(seq)
 
     def preempt(self, seq: Sequence) -> None:
         """Release ``seq``'s KV; its next admission recomputes prompt and output so far."""
@@ -200,18 +191,11 @@ class Engine:
         with record_function("rosebench.engine.decode"):
             for seq in seqs:
                 self.blocks.append_slot(seq.block_table, seq.num_tokens)
-                self.cache.place(seq.block_table[-1], seq.slot, len(seq.block_table) - 1)
-            self._compact(seqs)
-            order = sorted(range(len(seqs)), key=lambda i: seqs[i].slot)
-            batch = [seqs[i] for i in order]
+                self.placement.grow(seq)
+            batch = self.placement.arrange(seqs)
             starts = [s.num_tokens - 1 for s in batch]
-            tokens = self._forward_and_sample(
-                batch, [[s.last_token_id] for s in batch], starts, [1] * len(batch)
-            )
-            result = [0] * len(seqs)
-            for row, i in enumerate(order):
-                result[i] = tokens[row]
-            return result
+            self._forward_and_sample(batch, [[s.last_token_id] for s in batch], starts, [1] * len(batch))
+            return [seq.last_token_id for seq in seqs]
 
     def _forward_and_sample(
         self, seqs: list[Sequence], ids: list[list[int]], starts: list[int], num_new: list[int]
@@ -222,7 +206,7 @@ class Engine:
             width = input_ids.shape[1]
             positions = torch.tensor(starts, device=device).unsqueeze(1) + torch.arange(width, device=device)
             positions.clamp_(max=self.model_config.n_positions - 1)  # padding columns only
-            batch = StepBatch.build([s.slot for s in seqs], starts, num_new, device)
+            batch = StepBatch.build(self.placement.slots(seqs), starts, num_new, device)
             last = torch.tensor([n - 1 for n in num_new], device=device)
         hidden = self.model(input_ids, positions, self._attention(self.cache, batch))
         logits = self.model.logits(hidden[torch.arange(len(seqs), device=device), last])
@@ -249,75 +233,12 @@ class Engine:
         self.free(seq)
 
     def _seed(self, seq: Sequence) -> int:
-        return seq.params.seed if seq.params.seed is not None else self.config.seed * 1_000_003 + seq.seq_id
+        return seq.params.seed if seq.params.seed is not None else request_seed(self.config.seed, seq.seq_id)
 
-    # -- slot bookkeeping ----------------------------------------------------------------------------
-    def _claim_slot(self, slot: int, keep: dict[int, int]) -> None:
-        """Make ``slot`` writable: cached blocks whose content is there move to another holder's slot,
-        or leave the prefix cache, unless they are in ``keep`` (index -> block id) at the same index."""
-        for block_id, index in self.cache.blocks_in_slot(slot):
-            if keep.get(index) == block_id:
-                continue
-            holder = next(
-                (
-                    s
-                    for s in self._running.values()
-                    if s.slot != slot and index < len(s.block_table) and s.block_table[index] == block_id
-                ),
-                None,
-            )
-            if holder is not None:
-                self.cache.place(block_id, holder.slot, index)
-            else:
-                self.cache.forget(block_id)
-                self.blocks.evict(block_id)
-
-    def _copy_in(self, slot: int, hits: list[int]) -> None:
-        by_source: dict[int, list[int]] = {}
-        for index, block_id in enumerate(hits):
-            source, _ = self.cache.locations[block_id]
-            if source != slot:
-                by_source.setdefault(source, []).append(index)
-        for source, indices in by_source.items():
-            self.cache.copy_blocks(source, slot, indices)
-
-    def _compact(self, seqs: list[Sequence]) -> None:
-        """Move sequences into the lowest slots so the decode batch reads K/V as a view, not a gather.
-        Only when the batch is every running sequence; otherwise attention gathers its slots. A move
-        swaps the two slots, so prefix-cached content in the free target survives in the source."""
-        if len(seqs) != len(self._running):
-            return
-        with record_function("rosebench.kv.compact"):
-            for seq in sorted((s for s in seqs if s.slot >= len(seqs)), key=lambda s: -s.slot):
-                source, target = seq.slot, self.cache.lowest_free_slot()
-                in_target = self.cache.blocks_in_slot(target)
-                span = max([len(seq.block_table)] + [index + 1 for _, index in in_target])
-                self.cache.swap_blocks(source, target, span)
-                self.cache.owner[source], self.cache.owner[target] = None, seq.seq_id
-                seq.slot = target
-
-    def _pick_slot(self, hits: list[int]) -> int:
-        """The free slot that already holds most of ``hits`` in place, else the one whose loss of
-        prefix-cached content is smallest, else the lowest."""
-
-        def cost(slot: int) -> tuple[int, int, int]:
-            kept = lost = 0
-            for block_id, index in self.cache.blocks_in_slot(slot):
-                if index < len(hits) and hits[index] == block_id:
-                    kept += 1
-                elif (
-                    self.blocks.blocks[block_id].hash is not None
-                    and self.blocks.blocks[block_id].ref_count == 0
-                ):
-                    lost += 1
-            return -kept, lost, slot
-
-        return min((s for s, owner in enumerate(self.cache.owner) if owner is None), key=cost)
-
-    def _num_slots(self, blocks_per_slot: int) -> int:
-        fraction = self.config.kv_cache.memory_fraction
+    def _num_slots(self, config: EngineConfig, max_model_len: int, blocks_per_slot: int) -> int:
+        fraction = config.kv_cache.memory_fraction
         if fraction is None:
-            return self.config.max_num_seqs
+            return config.max_num_seqs
         if self.device.type == "cuda":
             free_bytes = torch.cuda.mem_get_info(self.device)[0]
         else:
@@ -329,6 +250,6 @@ class Engine:
         if slots < 1:
             raise ValueError(
                 f"engine.kv_cache.memory_fraction={fraction}: {fraction * free_bytes / 2**20:.0f} MiB "
-                f"holds no sequence of max_model_len={self.max_model_len} ({per_slot / 2**20:.0f} MiB each)"
+                f"holds no sequence of max_model_len={max_model_len} ({per_slot / 2**20:.0f} MiB each)"
             )
-        return min(slots, self.config.max_num_seqs)
+        return min(slots, config.max_num_seqs)

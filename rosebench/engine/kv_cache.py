@@ -6,10 +6,8 @@ blocks costs more than the attention itself (measured for issue 2: ~166 tok/s wi
 ``index_select`` into a preallocated buffer versus ~275 tok/s reading contiguous slots, batch 64,
 context ~530). With slots, a dense batch reads ``k[layer, :B, :, :L]`` as a view, with no copy.
 
-Blocks are still the unit of accounting (``BlockManager``): admission, preemption and the prefix cache
-work on block ids. A block's content lives in the slot of a sequence that holds it, at the block's
-own offset, so a prefix hit copies the cached blocks into the new sequence's slot once, at admission,
-instead of recomputing them. ``locations`` says where each cached block's content is valid.
+This class only stores and moves content; which slot holds which sequence, and where each block's
+content is, belongs to ``placement.SlotPlacement``.
 """
 
 from __future__ import annotations
@@ -36,58 +34,24 @@ class SlotKVCache:
         shape = (cfg.n_layer, num_slots, cfg.n_head, max_model_len, cfg.head_dim)
         # Zeros, not empty: attention reads (and masks) positions past a row's length, and 0 * NaN
         # from uninitialised memory would poison the masked softmax product.
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)  # [L, slots, H, max_model_len, D]
         self.v = torch.zeros(shape, dtype=dtype, device=device)
-        self.owner: list[int | None] = [None] * num_slots  # seq_id per slot
-        # Where each block's K/V currently are, both ways: block id -> (slot, index), slot -> {index: id}.
-        self.locations: dict[int, tuple[int, int]] = {}
-        self._by_slot: list[dict[int, int]] = [{} for _ in range(num_slots)]
 
     @staticmethod
     def bytes_per_token(cfg: ModelConfig, dtype: torch.dtype) -> int:
         return 2 * cfg.n_layer * cfg.n_embd * torch.empty((), dtype=dtype).element_size()
 
-    @property
-    def num_free_slots(self) -> int:
-        return self.owner.count(None)
-
-    def lowest_free_slot(self) -> int:
-        return self.owner.index(None)
-
-    def blocks_in_slot(self, slot: int) -> list[tuple[int, int]]:
-        """(block id, index) of every block whose content is in ``slot``."""
-        return [(block_id, index) for index, block_id in self._by_slot[slot].items()]
-
-    def place(self, block_id: int, slot: int, index: int) -> None:
-        self.forget(block_id)
-        displaced = self._by_slot[slot].get(index)
-        if displaced is not None:  # callers claim a slot before writing into it
-            raise RuntimeError(f"block {displaced} is still at slot {slot} index {index}")
-        self.locations[block_id] = (slot, index)
-        self._by_slot[slot][index] = block_id
-
-    def forget(self, block_id: int) -> None:
-        location = self.locations.pop(block_id, None)
-        if location is not None:
-            del self._by_slot[location[0]][location[1]]
-
     def swap_blocks(self, a: int, b: int, num_blocks: int) -> None:
-        """Exchange the first ``num_blocks`` blocks of two slots (content and locations), all layers."""
+        """Exchange the first ``num_blocks`` blocks of two slots, all layers."""
         with record_function("rosebench.kv.swap_blocks"):
             end = num_blocks * self.block_size
             for cache in (self.k, self.v):
                 held = cache[:, a, :, :end].clone()
                 cache[:, a, :, :end] = cache[:, b, :, :end]
                 cache[:, b, :, :end] = held
-        moving = self.blocks_in_slot(a), self.blocks_in_slot(b)
-        for block_id, _ in moving[0] + moving[1]:
-            self.forget(block_id)
-        for source_blocks, target in ((moving[0], b), (moving[1], a)):
-            for block_id, index in source_blocks:
-                self.place(block_id, target, index)
 
     def copy_blocks(self, src_slot: int, dst_slot: int, indices: list[int]) -> None:
-        """Copy whole blocks between slots (a prefix hit, or a compaction move), all layers at once."""
+        """Copy whole blocks between slots at the same indices (a prefix hit), all layers at once."""
         with record_function("rosebench.kv.copy_blocks"):
             for start, stop in _runs(indices):
                 lo, hi = start * self.block_size, stop * self.block_size

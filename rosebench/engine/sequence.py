@@ -1,4 +1,4 @@
-"""A request's state inside the engine: its tokens, sampling parameters and KV-cache placement."""
+"""A request's state inside the engine: its tokens, sampling parameters and KV block table."""
 
 from __future__ import annotations
 
@@ -6,26 +6,36 @@ import enum
 from dataclasses import dataclass
 
 
-@dataclass(frozen=True)
+def request_seed(base_seed: int, request_id: int) -> int:
+    """The sampling seed of request ``request_id``, distinct per request and reproducible from ``base_seed``
+    (a run's seed, or the ``sampling.seed`` a user set); the one formula the engine and workloads share."""
+    return base_seed + request_id
+
+
+@dataclass
 class SamplingParams:
-    """Per-request sampling. ``temperature == 0`` means greedy; ``top_k == 0`` and ``top_p == 1`` mean off."""
+    """Per-request sampling. ``temperature == 0`` means greedy; ``top_k == 0`` and ``top_p == 1`` mean off.
+
+    Also the runner's ``sampling`` config node, so the messages name the config keys. Not frozen (Hydra
+    overrides write into it); requests get their own copies with ``dataclasses.replace``.
+    """
 
     max_new_tokens: int = 16
     temperature: float = 0.0
     top_k: int = 0
     top_p: float = 1.0
-    seed: int | None = None
+    seed: int | None = None  # None: request_seed(engine.seed, request id) when sampling is random
     ignore_eos: bool = False
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens={self.max_new_tokens}: must be >= 1")
         if not self.temperature >= 0:  # rejects NaN too
-            raise ValueError(f"temperature={self.temperature}: must be >= 0")
+            raise ValueError(f"sampling.temperature={self.temperature}: must be >= 0 (0 = greedy)")
         if not self.top_k >= 0:
-            raise ValueError(f"top_k={self.top_k}: must be >= 0 (0 = off)")
+            raise ValueError(f"sampling.top_k={self.top_k}: must be >= 0 (0 = off)")
         if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p={self.top_p}: must be in (0, 1]")
+            raise ValueError(f"sampling.top_p={self.top_p}: must be in (0, 1] (1 = off)")
 
     @property
     def greedy(self) -> bool:
@@ -42,7 +52,8 @@ class Sequence:
     """One generation: prompt ids, the ids generated so far, and where its KV lives.
 
     ``num_computed_tokens`` counts the tokens whose K/V are in the cache; after a preemption it drops to
-    zero and the next prefill recomputes the prompt plus everything generated so far.
+    zero and the next prefill recomputes the prompt plus everything generated so far. Its slot is the
+    engine's ``SlotPlacement``'s to know.
     """
 
     def __init__(self, seq_id: int, prompt_token_ids: list[int], params: SamplingParams) -> None:
@@ -55,7 +66,6 @@ class Sequence:
         self.status = SequenceStatus.WAITING
         self.finish_reason: str | None = None
         self.block_table: list[int] = []
-        self.slot: int | None = None
         self.num_computed_tokens = 0
         self.num_cached_tokens = 0  # prompt tokens served by the prefix cache at the last admission
 
@@ -83,5 +93,5 @@ class Sequence:
     def __repr__(self) -> str:
         return (
             f"Sequence(id={self.seq_id}, prompt={self.num_prompt_tokens}, out={len(self.output_token_ids)}, "
-            f"status={self.status.value}, slot={self.slot})"
+            f"status={self.status.value}, blocks={len(self.block_table)})"
         )

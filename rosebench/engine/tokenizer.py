@@ -9,7 +9,7 @@ from pathlib import Path
 import tiktoken
 from tiktoken.load import load_tiktoken_bpe
 
-EOS_TOKEN_ID = 50256
+from rosebench.engine.config import EOS_TOKEN_ID
 
 # tiktoken downloads its ranks on first use; we ship GPT-2's (== r50k_base) so that runs work offline.
 _RANKS_PATH = Path(__file__).parent / "assets" / "gpt2.tiktoken"

@@ -1,24 +1,18 @@
-"""Optional torch.profiler pass: scheduled session, per-cycle trace export, trace summary."""
+"""Optional torch.profiler pass: scheduled session, per-cycle trace export, trace summary.
 
-from rosebench.profiling.session import (
-    NullProfileSession,
-    ProfileResult,
-    ProfileScheduleWarning,
-    ProfileSession,
-    ProfileSettings,
-    profile_session,
-)
-from rosebench.profiling.summary import format_summary, summarize_trace, summarize_traces, summary_metrics
+Names resolve on first use: the settings and the trace summary import no torch."""
 
-__all__ = [
-    "NullProfileSession",
-    "ProfileResult",
-    "ProfileScheduleWarning",
-    "ProfileSession",
-    "ProfileSettings",
-    "format_summary",
-    "profile_session",
-    "summarize_trace",
-    "summarize_traces",
-    "summary_metrics",
-]
+from rosebench._lazy import lazy_exports
+
+_EXPORTS = {
+    "rosebench.profiling.session": (
+        "NullProfileSession",
+        "ProfileResult",
+        "ProfileScheduleWarning",
+        "ProfileSession",
+        "profile_session",
+    ),
+    "rosebench.profiling.settings": ("ProfileSettings",),
+    "rosebench.profiling.summary": ("TraceSummary", "summarize_trace", "summarize_traces"),
+}
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -12,18 +12,17 @@ Files written to ``out_dir``: ``trace_{cycle}.json.gz`` (one per completed or in
 
 from __future__ import annotations
 
-import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 
 import torch
 from torch.autograd.profiler_util import EventList
 from torch.profiler import ProfilerActivity
 
-from rosebench.profiling.summary import summarize_traces
+from rosebench.profiling.settings import ProfileSettings
+from rosebench.profiling.summary import TraceSummary, summarize_traces
 
 _ACTIVITIES = {"cpu": ProfilerActivity.CPU, "cuda": ProfilerActivity.CUDA}
 
@@ -32,54 +31,13 @@ class ProfileScheduleWarning(UserWarning):
     """The profiled pass ran fewer steps than the profiler schedule needs."""
 
 
-@dataclass
-class ProfileSettings:
-    """The ``profile`` config group (also its Hydra schema); the runner builds it from the config."""
-
-    enabled: bool = False
-    # The profiled pass runs after the timed ones, on a warm engine: recording from the first step
-    # keeps the prefill (usually step 1 offline) in the trace.
-    wait: int = 0
-    warmup: int = 0
-    active: int = 6
-    repeat: int = 1  # 0: cycle until the pass ends, as torch.profiler.schedule does
-    skip_first: int = 0
-    activities: str = "auto"  # "auto" = CPU, plus CUDA on a CUDA device; or "cpu", "cuda", "cpu,cuda"
-    record_shapes: bool = False
-    profile_memory: bool = False
-    with_stack: bool = False
-    row_limit: int = 30
-
-    def __post_init__(self) -> None:
-        for name in ("wait", "warmup", "repeat", "skip_first"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"profile.{name} must be >= 0, got {getattr(self, name)}")
-        if self.active < 1:
-            raise ValueError(f"profile.active must be >= 1, got {self.active}")
-        if self.row_limit < 1:
-            raise ValueError(f"profile.row_limit must be >= 1, got {self.row_limit}")
-        if self.activities != "auto":
-            unknown = sorted(set(self.activity_names()) - set(_ACTIVITIES))
-            if unknown or not self.activity_names():
-                raise ValueError(
-                    f"profile.activities={self.activities}: unknown {unknown}; "
-                    f"allowed: auto or a comma list of {', '.join(sorted(_ACTIVITIES))}"
-                )
-
-    @property
-    def steps_needed(self) -> int:
-        """Steps before the first cycle's trace is complete."""
-        return self.skip_first + self.wait + self.warmup + self.active
-
-    def activity_names(self) -> list[str]:
-        return [name.strip().lower() for name in self.activities.split(",") if name.strip()]
-
-    def profiler_activities(self, device: torch.device) -> list[ProfilerActivity]:
-        if self.activities == "auto":
-            names = ["cpu", "cuda"] if device.type == "cuda" else ["cpu"]
-        else:
-            names = self.activity_names()
-        return [_ACTIVITIES[name] for name in names]
+def profiler_activities(settings: ProfileSettings, device: torch.device) -> list[ProfilerActivity]:
+    """``auto``: CPU, plus CUDA on a CUDA device; else the activities named."""
+    if settings.activities == "auto":
+        names = ["cpu", "cuda"] if device.type == "cuda" else ["cpu"]
+    else:
+        names = settings.activity_names()
+    return [_ACTIVITIES[name] for name in names]
 
 
 @dataclass
@@ -89,7 +47,7 @@ class ProfileResult:
     steps: int
     traces: list[Path]
     key_averages: list[EventList]
-    summary: dict[str, Any]
+    summary: TraceSummary
     summary_path: Path
     key_averages_path: Path
     warnings: list[str] = field(default_factory=list)
@@ -101,7 +59,7 @@ class ProfileSession:
     def __init__(self, settings: ProfileSettings, out_dir: str | Path, device: torch.device) -> None:
         self.settings = settings
         self.out_dir = Path(out_dir)
-        self.activities = settings.profiler_activities(device)
+        self.activities = profiler_activities(settings, device)
         self.steps = 0
         self.result: ProfileResult | None = None
         self._traces: list[Path] = []
@@ -169,7 +127,7 @@ class ProfileSession:
 
         summary = summarize_traces(self._traces)
         summary_path = self.out_dir / "summary.json"
-        summary_path.write_text(json.dumps(summary, indent=2) + "\n")
+        summary.write(summary_path)
         key_averages_path = self.out_dir / "key_averages.txt"
         key_averages_path.write_text(self._key_averages_text(notes))
         return ProfileResult(

@@ -23,7 +23,7 @@ import re
 from bisect import bisect_right
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,19 +47,87 @@ def load_trace(trace: Trace) -> dict[str, Any]:
         return json.load(f)
 
 
-def summarize_trace(trace: Trace) -> dict[str, Any]:
-    """Summary of one Chrome trace (see ``summarize_traces`` for the keys)."""
+@dataclass
+class LabelStats:
+    count: int
+    total_ms: float
+    share: float  # of the profiled window; nested labels overlap, so shares need not sum to 1
+
+
+@dataclass
+class TraceSummary:
+    """Where a profiled window's time went. The device figures are None unless the traces hold device
+    events; no traces (the profiler never reached an active step) give a summary of zero steps."""
+
+    window_ms: float
+    steps: int
+    decode_steps: int
+    labels: dict[str, LabelStats]
+    cpu_ops_per_decode_step: float
+    kernels_per_decode_step: float | None = None
+    device_busy_ms: float | None = None
+    device_idle_fraction: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TraceSummary:
+        labels = {name: LabelStats(**stats) for name, stats in data["labels"].items()}
+        return cls(**{**data, "labels": labels})
+
+    def write(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    def metrics(self) -> dict[str, float]:
+        """Flat names (``device_idle_fraction``, ``label_engine_decode_ms``, ...); None figures left out."""
+        metrics = {key: float(getattr(self, key)) for key in _SCALAR_KEYS if getattr(self, key) is not None}
+        for label, stats in self.labels.items():
+            name = re.sub(r"\W", "_", label.removeprefix(LABEL_PREFIX))
+            metrics[f"label_{name}_ms"] = float(stats.total_ms)
+            metrics[f"label_{name}_share"] = float(stats.share)
+        return metrics
+
+    def format(self) -> str:
+        """A compact console table: the headline figures, then one row per label, longest total first."""
+
+        def fmt(value: float | None, spec: str) -> str:
+            return "-" if value is None else format(value, spec)
+
+        lines = [
+            f"profile: {self.steps} steps in {self.window_ms:.3f} ms, {self.decode_steps} decode steps, "
+            f"cpu ops/decode step {self.cpu_ops_per_decode_step:.1f}, "
+            f"kernels/decode step {fmt(self.kernels_per_decode_step, '.1f')}, "
+            f"device busy {fmt(self.device_busy_ms, '.3f')} ms, "
+            f"device idle {fmt(self.device_idle_fraction, '.1%')}"
+        ]
+        rows = sorted(self.labels.items(), key=lambda item: -item[1].total_ms)
+        if rows:
+            width = max(len("label"), *(len(label) for label, _ in rows))
+            lines.append(f"{'label':<{width}}  {'count':>7}  {'total ms':>10}  {'share':>7}")
+            lines += [
+                f"{label:<{width}}  {s.count:>7}  {s.total_ms:>10.3f}  {s.share:>7.1%}" for label, s in rows
+            ]
+        return "\n".join(lines)
+
+
+_SCALAR_KEYS = (
+    "window_ms",
+    "steps",
+    "decode_steps",
+    "cpu_ops_per_decode_step",
+    "kernels_per_decode_step",
+    "device_busy_ms",
+    "device_idle_fraction",
+)
+
+
+def summarize_trace(trace: Trace) -> TraceSummary:
     return summarize_traces([trace])
 
 
-def summarize_traces(traces: Sequence[Trace]) -> dict[str, Any]:
-    """Summary over the traces of several profiler cycles, as if their windows were laid end to end.
-
-    Keys: ``window_ms``, ``steps``, ``decode_steps``, ``labels`` ({name: {count, total_ms, share}}),
-    ``cpu_ops_per_decode_step``, and, null unless the traces hold device events, ``kernels_per_decode_step``,
-    ``device_busy_ms``, ``device_idle_fraction``. Shares of nested labels overlap, so they need not sum to 1.
-    No traces (the profiler never reached an active step) give a summary of zero steps.
-    """
+def summarize_traces(traces: Sequence[Trace]) -> TraceSummary:
+    """Summary over the traces of several profiler cycles, as if their windows were laid end to end."""
     total = _Tally()
     for trace in traces:
         total.add(_tally(load_trace(trace).get("traceEvents", [])))
@@ -94,26 +162,22 @@ class _Tally:
             self.labels[label][0] += count
             self.labels[label][1] += total_us
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> TraceSummary:
         window = self.window_us
         has_device = self.device_events > 0
-        return {
-            "window_ms": window / 1e3,
-            "steps": self.steps,
-            "decode_steps": self.decode_steps,
-            "labels": {
-                label: {
-                    "count": int(count),
-                    "total_ms": total_us / 1e3,
-                    "share": total_us / window if window else 0.0,
-                }
+        return TraceSummary(
+            window_ms=window / 1e3,
+            steps=self.steps,
+            decode_steps=self.decode_steps,
+            labels={
+                label: LabelStats(int(count), total_us / 1e3, total_us / window if window else 0.0)
                 for label, (count, total_us) in sorted(self.labels.items())
             },
-            "cpu_ops_per_decode_step": _ratio(self.decode_cpu_ops, self.decode_steps),
-            "kernels_per_decode_step": _ratio(self.decode_kernels, self.decode_steps) if has_device else None,
-            "device_busy_ms": self.device_busy_us / 1e3 if has_device else None,
-            "device_idle_fraction": 1.0 - self.device_busy_us / window if has_device and window else None,
-        }
+            cpu_ops_per_decode_step=_ratio(self.decode_cpu_ops, self.decode_steps),
+            kernels_per_decode_step=_ratio(self.decode_kernels, self.decode_steps) if has_device else None,
+            device_busy_ms=self.device_busy_us / 1e3 if has_device else None,
+            device_idle_fraction=1.0 - self.device_busy_us / window if has_device and window else None,
+        )
 
 
 def _ratio(num: float, den: float) -> float:
@@ -215,49 +279,3 @@ def _union_length(intervals: list[Interval], start: float, end: float) -> float:
     """Length of the union of ``intervals`` clipped to [start, end]: overlapping streams count once."""
     clipped = [(max(lo, start), min(hi, end)) for lo, hi in intervals]
     return sum(hi - lo for lo, hi in _merge([(lo, hi) for lo, hi in clipped if hi > lo]))
-
-
-_SCALAR_KEYS = (
-    "window_ms",
-    "steps",
-    "decode_steps",
-    "cpu_ops_per_decode_step",
-    "kernels_per_decode_step",
-    "device_busy_ms",
-    "device_idle_fraction",
-)
-
-
-def summary_metrics(summary: dict[str, Any]) -> dict[str, float]:
-    """Flat ``profile_*`` metric names for MLflow; null entries are left out."""
-    metrics = {f"profile_{key}": float(summary[key]) for key in _SCALAR_KEYS if summary.get(key) is not None}
-    for label, stats in summary["labels"].items():
-        name = re.sub(r"\W", "_", label.removeprefix(LABEL_PREFIX))
-        metrics[f"profile_label_{name}_ms"] = float(stats["total_ms"])
-        metrics[f"profile_label_{name}_share"] = float(stats["share"])
-    return metrics
-
-
-def format_summary(summary: dict[str, Any]) -> str:
-    """A compact console table: the headline figures, then one row per label, longest total first."""
-
-    def fmt(value: float | None, spec: str) -> str:
-        return "-" if value is None else format(value, spec)
-
-    lines = [
-        f"profile: {summary['steps']} steps in {summary['window_ms']:.3f} ms, "
-        f"{summary['decode_steps']} decode steps, "
-        f"cpu ops/decode step {summary['cpu_ops_per_decode_step']:.1f}, "
-        f"kernels/decode step {fmt(summary['kernels_per_decode_step'], '.1f')}, "
-        f"device busy {fmt(summary['device_busy_ms'], '.3f')} ms, "
-        f"device idle {fmt(summary['device_idle_fraction'], '.1%')}"
-    ]
-    rows = sorted(summary["labels"].items(), key=lambda item: -item[1]["total_ms"])
-    if rows:
-        width = max(len("label"), *(len(label) for label, _ in rows))
-        lines.append(f"{'label':<{width}}  {'count':>7}  {'total ms':>10}  {'share':>7}")
-        lines += [
-            f"{label:<{width}}  {s['count']:>7}  {s['total_ms']:>10.3f}  {s['share']:>7.1%}"
-            for label, s in rows
-        ]
-    return "\n".join(lines)

@@ -6,18 +6,22 @@ from __future__ import annotations
 import resource
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from rosebench import metrics
-from rosebench.engine import MODEL_PRESETS, Engine
+from rosebench.config import ConfigError, RunConfig
+from rosebench.engine.config import MODEL_PRESETS
+from rosebench.engine.engine import Engine
 from rosebench.engine.tokenizer import load_tokenizer
-from rosebench.profiling import ProfileResult, ProfileSession
-from rosebench.runner.settings import ConfigError, RunSettings
-from rosebench.scheduler import BatchScheduler, OfflineScheduler, OnlineScheduler, PassResult
+from rosebench.profiling.session import ProfileResult, ProfileSession
+from rosebench.scheduler.base import BatchScheduler
+from rosebench.scheduler.offline import OfflineScheduler
+from rosebench.scheduler.online import OnlineScheduler
+from rosebench.scheduler.records import PassResult
 from rosebench.workload import Request, build_workload
 
 SCHEDULERS: dict[str, type[BatchScheduler]] = {"offline": OfflineScheduler, "online": OnlineScheduler}
@@ -25,6 +29,7 @@ SCHEDULERS: dict[str, type[BatchScheduler]] = {"offline": OfflineScheduler, "onl
 
 @dataclass
 class Setup:
+    config: RunConfig  # resolved: the engine's derived values filled in, as recorded in results.json
     engine: Engine
     requests: list[Request]
     detokenize: Callable[[list[int]], str]
@@ -39,63 +44,56 @@ class Outcome:
     profile: ProfileResult | None = None
 
 
-def prepare(settings: RunSettings) -> Setup:
+def prepare(config: RunConfig) -> Setup:
     """Everything that can reject the run's config, before any timing starts."""
-    torch.manual_seed(settings.seed)
+    torch.manual_seed(config.seed)
     tokenizer = load_tokenizer()
     try:
         requests = build_workload(
-            settings.workload_kind,
-            num_requests=settings.num_requests,
-            max_new_tokens=settings.max_new_tokens,
-            sampling=settings.sampling,
+            config.workload,
+            num_requests=config.num_requests,
+            sampling=config.sampling,
             tokenizer=tokenizer,
-            seed=settings.seed,
-            request_rate=settings.scheduler.request_rate,
-            burstiness=settings.scheduler.burstiness,
-            **settings.workload_options,
+            seed=config.seed,
+            request_rate=config.scheduler.request_rate,
+            burstiness=config.scheduler.burstiness,
         )
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
-    engine_config = settings.engine
-    if engine_config.max_model_len is None and engine_config.weights is None:
-        # Size the KV slots for this workload rather than the model's whole context.
-        longest = max(len(r.prompt_token_ids) + r.params.max_new_tokens for r in requests)
-        engine_config.max_model_len = min(longest, MODEL_PRESETS[engine_config.model].n_positions)
-    try:
+        engine_config = config.engine
+        if engine_config.max_model_len is None and engine_config.weights is None:
+            # Size the KV slots for this workload rather than the model's whole context.
+            longest = max(len(r.prompt_token_ids) + r.params.max_new_tokens for r in requests)
+            engine_config = replace(
+                engine_config, max_model_len=min(longest, MODEL_PRESETS[engine_config.model].n_positions)
+            )
         engine = Engine(engine_config, eos_token_id=tokenizer.eot_token)
-        SCHEDULERS[settings.mode](engine, settings.scheduler).validate(requests)
+        SCHEDULERS[config.mode](engine, config.scheduler).validate(requests)
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    return Setup(engine, requests, tokenizer.decode)
+    return Setup(replace(config, engine=engine.config), engine, requests, tokenizer.decode)
 
 
-def run_passes(settings: RunSettings, setup: Setup, run_dir: Path) -> Outcome:
-    scheduler_cls = SCHEDULERS[settings.mode]
-    for index in range(settings.warmup):
-        _timed_pass(scheduler_cls, settings, setup, f"warm-up {index + 1}/{settings.warmup}")
+def run_passes(setup: Setup, run_dir: Path) -> Outcome:
+    for index in range(setup.config.warmup):
+        _timed_pass(setup, f"warm-up {index + 1}/{setup.config.warmup}")
     passes = [
-        _timed_pass(scheduler_cls, settings, setup, f"pass {index + 1}/{settings.repeat}")
-        for index in range(settings.repeat)
+        _timed_pass(setup, f"pass {index + 1}/{setup.config.repeat}") for index in range(setup.config.repeat)
     ]
     pass_metrics = [metrics.pass_metrics(p) for p in passes]
     mean, std = metrics.aggregate(pass_metrics)
     outcome = Outcome(passes, pass_metrics, mean, std)
-    if settings.profile.enabled:
-        outcome.profile = _profiled_pass(scheduler_cls, settings, setup, run_dir / "profile")
+    if setup.config.profile.enabled:
+        outcome.profile = _profiled_pass(setup, run_dir / "profile")
     return outcome
 
 
-def _timed_pass(
-    scheduler_cls: type[BatchScheduler], settings: RunSettings, setup: Setup, label: str
-) -> PassResult:
+def _timed_pass(setup: Setup, label: str) -> PassResult:
     device = setup.engine.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     with tqdm(
         total=len(setup.requests), desc=label, unit="req", disable=None, leave=False, file=sys.stderr
     ) as bar:
-        scheduler = scheduler_cls(setup.engine, settings.scheduler)
+        scheduler = SCHEDULERS[setup.config.mode](setup.engine, setup.config.scheduler)
         scheduler.on_step = _progress_hook(scheduler, bar)
         result = scheduler.run(setup.requests)
     result.stats.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -115,11 +113,11 @@ def _progress_hook(scheduler: BatchScheduler, bar: tqdm) -> Callable[[str], None
     return on_step
 
 
-def _profiled_pass(
-    scheduler_cls: type[BatchScheduler], settings: RunSettings, setup: Setup, out_dir: Path
-) -> ProfileResult | None:
-    session = ProfileSession(settings.profile, out_dir, setup.engine.device)
+def _profiled_pass(setup: Setup, out_dir: Path) -> ProfileResult | None:
+    session = ProfileSession(setup.config.profile, out_dir, setup.engine.device)
     with session:
-        scheduler = scheduler_cls(setup.engine, settings.scheduler, on_step=lambda kind: session.step())
+        scheduler = SCHEDULERS[setup.config.mode](
+            setup.engine, setup.config.scheduler, on_step=lambda kind: session.step()
+        )
         scheduler.run(setup.requests)
     return session.result

@@ -6,41 +6,20 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 
-from rosebench.engine import Engine, Sequence
+from rosebench.engine.engine import Engine
+from rosebench.engine.sequence import Sequence
+from rosebench.scheduler.config import SchedulerConfig
 from rosebench.scheduler.records import PassResult, PassStats, RequestRecord
 from rosebench.workload.request import Request
 
 StepHook = Callable[[str], None]  # called after every step with "prefill" or "decode"
 
 
-@dataclass
-class SchedulerConfig:
-    max_batch_size: int = 16
-    max_batched_tokens: int = 2048  # prompt tokens per prefill step
-    request_rate: float = float("inf")  # requests/s for the online arrival process; inf = all at once
-    burstiness: float = 1.0  # gamma shape of the inter-arrival gaps; 1 = Poisson
-    max_concurrency: int | None = None  # requests in flight at once (online), as vLLM's bench serve
-
-    def validate(self) -> None:
-        if self.max_batch_size < 1:
-            raise ValueError(f"scheduler.max_batch_size={self.max_batch_size}: must be >= 1")
-        if self.max_batched_tokens < 1:
-            raise ValueError(f"scheduler.max_batched_tokens={self.max_batched_tokens}: must be >= 1")
-        if not self.request_rate > 0:
-            raise ValueError(f"scheduler.request_rate={self.request_rate}: must be > 0 (inf = all at once)")
-        if not self.burstiness > 0:
-            raise ValueError(f"scheduler.burstiness={self.burstiness}: must be > 0 (1 = Poisson)")
-        if self.max_concurrency is not None and self.max_concurrency < 1:
-            raise ValueError(f"scheduler.max_concurrency={self.max_concurrency}: must be >= 1 or null")
-
-
 class BatchScheduler:
     def __init__(self, engine: Engine, config: SchedulerConfig, on_step: StepHook | None = None) -> None:
-        config.validate()
         self.engine = engine
         self.config = config
         self.max_batch_size = min(config.max_batch_size, engine.max_num_seqs)

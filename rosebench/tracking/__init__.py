@@ -1,27 +1,22 @@
 """MLflow tracking of benchmark runs: read from a run's saved folder, never from the engine.
 
-The runner wraps a benchmark in `TrackedRun`; `rosebench.upload` logs folders after the fact with
-`log_run_folder`; `sweep_callback.MlflowSweepCallback` gives a Hydra sweep one parent run. Exports
-resolve on first use, so importing `rosebench.tracking.settings` does not import MLflow.
+- ``run_folder``: reading a run folder (results.json, .hydra, tracking.json); no MLflow import.
+- ``mlflow_log``: logging a folder into an MLflow run.
+- ``tracked_run``: the live run around a benchmark in the runner's process.
+- ``uploads``: logging folders after the fact (``rosebench.upload``).
+- ``table``, ``plots``: runs side by side (``rosebench.report``, sweep parents).
+- ``sweep_callback``, ``sweep_parent``: one parent run per Hydra sweep.
+
+Names resolve on first use, so importing ``rosebench.tracking.settings`` does not import MLflow.
 """
 
-from __future__ import annotations
-
-import importlib
-from typing import Any
+from rosebench._lazy import lazy_exports
 
 _EXPORTS = {
-    "TrackedRun": "rosebench.tracking.run_logger",
-    "TrackingRecord": "rosebench.tracking.run_logger",
-    "TrackingWarning": "rosebench.tracking.run_logger",
-    "log_run_folder": "rosebench.tracking.run_logger",
-    "TrackingSettings": "rosebench.tracking.settings",
-    "resolve_tracking_uri": "rosebench.tracking.store",
+    "rosebench.tracking.tracked_run": ("TrackedRun", "TrackingWarning"),
+    "rosebench.tracking.run_folder": ("TrackingRecord",),
+    "rosebench.tracking.mlflow_log": ("log_run_folder",),
+    "rosebench.tracking.settings": ("TrackingSettings",),
+    "rosebench.tracking.store": ("resolve_tracking_uri",),
 }
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'rosebench.tracking' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

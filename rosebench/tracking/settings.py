@@ -1,22 +1,14 @@
-"""The `tracking` config group as a dataclass, free of MLflow imports: a run with tracking off stays light."""
+"""The `tracking` config node as a dataclass, free of MLflow imports: a run with tracking off stays light."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass
 
 
 @dataclass
 class TrackingSettings:
-    """The `tracking` config group."""
-
     enabled: bool = True
-    uri: str | None = None
+    uri: str | None = None  # None = $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the launch folder
     experiment: str = "rosebench"
-    system_metrics: bool = False
-    artifacts: bool = True
-
-    @classmethod
-    def of(cls, obj: Any) -> TrackingSettings:
-        """Copy from anything with these attributes (a DictConfig, another dataclass)."""
-        return cls(**{f.name: getattr(obj, f.name, f.default) for f in fields(cls)})
+    system_metrics: bool = False  # CPU/memory (and GPU via pynvml) every second
+    artifacts: bool = True  # results.json, outputs.jsonl, .hydra/, profile/

@@ -49,7 +49,7 @@ class MlflowSweepCallback(Callback):
             return
         sweep_dir = Path(config.hydra.sweep.dir)
         overrides = list(OmegaConf.to_container(config.hydra.overrides.task, resolve=False))
-        from rosebench.tracking.run_logger import TrackingWarning, describe_error
+        from rosebench.tracking.mlflow_log import describe_error
         from rosebench.tracking.store import (
             SweepHandoff,
             connect,
@@ -57,6 +57,7 @@ class MlflowSweepCallback(Callback):
             resolve_tracking_uri,
         )
         from rosebench.tracking.sweep_parent import create_sweep_parent
+        from rosebench.tracking.tracked_run import TrackingWarning
 
         try:
             self.tracking_uri = resolve_tracking_uri(self.uri)

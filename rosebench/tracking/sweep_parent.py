@@ -7,25 +7,19 @@ import tempfile
 from datetime import datetime
 from pathlib import Path
 
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from mlflow import MlflowClient
 
-from rosebench.report import SWEEP_PARENT_TAG, Table, child_runs, row_from_run
+from rosebench.overrides import swept_keys
+from rosebench.tracking.table import SWEEP_PARENT_TAG, Table, child_runs, row_from_run
 
 SWEEP_TABLE = "sweep_table.json"
-
-
-def swept_override_keys(overrides: list[str]) -> list[str]:
-    """The keys an override list sweeps (`num_requests=1,16`, `x=range(1,4)`, ...)."""
-    parsed = OverridesParser.create().parse_overrides(overrides)
-    return [o.key_or_group for o in parsed if o.is_sweep_override()]
 
 
 def create_sweep_parent(
     client: MlflowClient, experiment_id: str, sweep_dir: Path, overrides: list[str]
 ) -> str:
     """A RUNNING parent run for a sweep, made with the client so no fluent run leaks into in-process jobs."""
-    keys = swept_override_keys(overrides)
+    keys = swept_keys(overrides)
     name = "-".join(["sweep", datetime.now().strftime("%Y%m%d-%H%M%S"), *keys])
     run = client.create_run(
         experiment_id,

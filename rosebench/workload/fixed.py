@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import tiktoken
 
 from rosebench.workload.errors import WorkloadError
-from rosebench.workload.prompt import Prompt
+from rosebench.workload.prompt import Prompt, check_kind
 
 
-def fixed_prompts(num_requests: int, tokenizer: tiktoken.Encoding, prompt: str = "Hello") -> list[Prompt]:
-    """``num_requests`` copies of ``prompt``, tokenized once (special-token text maps to its id)."""
-    ids = tokenizer.encode(prompt, allowed_special="all")
-    if not ids:
-        raise WorkloadError(f"fixed workload: prompt {prompt!r} encodes to no tokens; give non-empty text")
-    return [Prompt(token_ids=list(ids), text=prompt) for _ in range(num_requests)]
+@dataclass
+class FixedWorkload:
+    kind: str = "fixed"
+    prompt: str = "Hello"  # one prompt text, repeated num_requests times
+
+    def __post_init__(self) -> None:
+        check_kind(self.kind, "fixed")
+
+    def prompts(
+        self, num_requests: int, tokenizer: tiktoken.Encoding, seed: int, max_new_tokens: int
+    ) -> list[Prompt]:
+        """``num_requests`` copies of the prompt, tokenized once (special-token text maps to its id)."""
+        ids = tokenizer.encode(self.prompt, allowed_special="all")
+        if not ids:
+            raise WorkloadError(f"workload.prompt={self.prompt!r} encodes to no tokens; give non-empty text")
+        return [Prompt(token_ids=list(ids), text=self.prompt) for _ in range(num_requests)]

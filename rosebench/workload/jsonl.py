@@ -3,38 +3,56 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import tiktoken
 
 from rosebench.workload.errors import WorkloadError
-from rosebench.workload.prompt import Prompt
+from rosebench.workload.prompt import Prompt, check_kind
 
 _KEYS = ("prompt", "prompt_token_ids", "max_new_tokens")
 
 
-def jsonl_prompts(num_requests: int, tokenizer: tiktoken.Encoding, *, path: str | Path) -> list[Prompt]:
-    """Read one prompt per line: ``{"prompt": str}`` or ``{"prompt_token_ids": [int, ...]}``.
+@dataclass
+class JsonlWorkload:
+    """One prompt per line: ``{"prompt": str}`` or ``{"prompt_token_ids": [int, ...]}``.
 
     An optional ``"max_new_tokens": int >= 1`` overrides the run's default for that line. Blank lines are
     skipped. Only the first ``num_requests`` prompts are read (later lines are not checked); a file with
     fewer prompts is cycled through until there are ``num_requests``. Any malformed line raises
     ``WorkloadError("{path}:{lineno}: ...")``.
     """
-    path = Path(path)
-    prompts: list[Prompt] = []
-    try:
-        with path.open("rb") as f:
-            for lineno, raw in enumerate(f, start=1):
-                if len(prompts) == num_requests:
-                    break
-                if raw.strip():
-                    prompts.append(_parse_line(raw, tokenizer, f"{path}:{lineno}"))
-    except OSError as e:
-        raise WorkloadError(f"{path}: cannot read the jsonl workload file ({e.strerror})") from e
-    if not prompts:
-        raise WorkloadError(f"{path}: no prompts; expected one JSON object per line")
-    return [prompts[i % len(prompts)] for i in range(num_requests)]
+
+    kind: str = "jsonl"
+    path: str | None = None  # required
+
+    def __post_init__(self) -> None:
+        check_kind(self.kind, "jsonl")
+        if self.path is None:
+            raise WorkloadError(
+                "workload.path: required with workload=jsonl (a file with one JSON request per line)"
+            )
+        if not Path(self.path).expanduser().is_file():
+            raise WorkloadError(f"workload.path={self.path}: no such file")
+
+    def prompts(
+        self, num_requests: int, tokenizer: tiktoken.Encoding, seed: int, max_new_tokens: int
+    ) -> list[Prompt]:
+        path = Path(self.path).expanduser()
+        prompts: list[Prompt] = []
+        try:
+            with path.open("rb") as f:
+                for lineno, raw in enumerate(f, start=1):
+                    if len(prompts) == num_requests:
+                        break
+                    if raw.strip():
+                        prompts.append(_parse_line(raw, tokenizer, f"{path}:{lineno}"))
+        except OSError as e:
+            raise WorkloadError(f"{path}: cannot read the jsonl workload file ({e.strerror})") from e
+        if not prompts:
+            raise WorkloadError(f"{path}: no prompts; expected one JSON object per line")
+        return [prompts[i % len(prompts)] for i in range(num_requests)]
 
 
 def _is_int(value: object) -> bool:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rosebench.workload.errors import WorkloadError
+
 
 @dataclass(frozen=True)
 class Prompt:
@@ -12,3 +14,17 @@ class Prompt:
     token_ids: list[int]
     max_new_tokens: int | None = None  # None: the run's default
     text: str | None = None
+
+
+def check_kind(kind: str, expected: str) -> None:
+    """A kind's dataclass holds only that kind: another kind is chosen with ``workload=KIND``."""
+    if kind != expected:
+        raise WorkloadError(
+            f"workload.kind={kind}: this is the {expected} workload; switch with workload={kind}"
+        )
+
+
+def check_at_least_one(**values: int | None) -> None:
+    for key, value in values.items():
+        if value is not None and value < 1:
+            raise WorkloadError(f"workload.{key}={value}: must be >= 1")

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import math
 import random
+from dataclasses import dataclass
 
-from rosebench.engine.tokenizer import EOS_TOKEN_ID
+import tiktoken
+
+from rosebench.engine.config import EOS_TOKEN_ID
 from rosebench.workload.errors import WorkloadError
-from rosebench.workload.prompt import Prompt
+from rosebench.workload.prompt import Prompt, check_at_least_one, check_kind
 
 
 def random_token_ids(rng: random.Random, length: int) -> list[int]:
@@ -21,28 +24,31 @@ def length_bounds(length: int, range_ratio: float) -> tuple[int, int]:
     return low, math.ceil(length * (1 + range_ratio))
 
 
-def random_prompts(
-    num_requests: int,
-    *,
-    seed: int,
-    default_output_len: int,
-    input_len: int = 128,
-    output_len: int | None = None,
-    range_ratio: float = 0.0,
-) -> list[Prompt]:
-    """Prompts of random ids; each length is uniform within ``length_bounds`` of its target.
+@dataclass
+class RandomWorkload:
+    """Prompts of random ids, as vLLM's random dataset; each length is uniform within ``length_bounds``
+    of its target, and ``output_len`` (None: the run's ``max_new_tokens``) sets each one's output."""
 
-    ``output_len`` (``None``: ``default_output_len``) sets each prompt's ``max_new_tokens``.
-    """
-    output_len = default_output_len if output_len is None else output_len
-    if input_len < 1 or output_len < 1:
-        raise WorkloadError(f"random workload: input_len={input_len}, output_len={output_len}: must be >= 1")
-    if not 0.0 <= range_ratio < 1.0:
-        raise WorkloadError(f"random workload: range_ratio={range_ratio}: must be in [0, 1)")
-    rng = random.Random(seed)
-    in_bounds, out_bounds = length_bounds(input_len, range_ratio), length_bounds(output_len, range_ratio)
-    prompts = []
-    for _ in range(num_requests):
-        ids = random_token_ids(rng, rng.randint(*in_bounds))
-        prompts.append(Prompt(token_ids=ids, max_new_tokens=rng.randint(*out_bounds)))
-    return prompts
+    kind: str = "random"
+    input_len: int = 128
+    output_len: int | None = None
+    range_ratio: float = 0.0  # lengths uniform in [len * (1 - r), len * (1 + r)]
+
+    def __post_init__(self) -> None:
+        check_kind(self.kind, "random")
+        check_at_least_one(input_len=self.input_len, output_len=self.output_len)
+        if not 0.0 <= self.range_ratio < 1.0:
+            raise WorkloadError(f"workload.range_ratio={self.range_ratio}: must be in [0, 1)")
+
+    def prompts(
+        self, num_requests: int, tokenizer: tiktoken.Encoding, seed: int, max_new_tokens: int
+    ) -> list[Prompt]:
+        output_len = max_new_tokens if self.output_len is None else self.output_len
+        rng = random.Random(seed)
+        in_bounds = length_bounds(self.input_len, self.range_ratio)
+        out_bounds = length_bounds(output_len, self.range_ratio)
+        prompts = []
+        for _ in range(num_requests):
+            ids = random_token_ids(rng, rng.randint(*in_bounds))
+            prompts.append(Prompt(token_ids=ids, max_new_tokens=rng.randint(*out_bounds)))
+        return prompts

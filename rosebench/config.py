@@ -1,0 +1,73 @@
+"""A run's configuration: the domain dataclasses are the Hydra nodes, built by one ``OmegaConf.to_object``.
+
+Each node checks itself in ``__post_init__`` (messages name the key as a user writes it), so a bad value
+fails here, before any model is built or any timing starts. Derived defaults are interpolations in
+``conf/config.yaml`` (``engine.max_num_seqs: ${scheduler.max_batch_size}``) or are resolved once by the
+runner and the engine (``engine.max_model_len`` from the workload, the block budget), and results.json
+records the resolved values that ran.
+No torch is imported here: ``--help`` and config errors stay fast.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from rosebench.engine.config import EngineConfig
+from rosebench.engine.sequence import SamplingParams
+from rosebench.profiling.settings import ProfileSettings
+from rosebench.scheduler.config import SchedulerConfig
+from rosebench.tracking.settings import TrackingSettings
+from rosebench.workload.build import WORKLOAD_KINDS
+
+MODES = ("offline", "online")
+
+
+class ConfigError(ValueError):
+    """A config value out of range: reported as one line, exit code 1, before any timing."""
+
+
+@dataclass
+class RunConfig:
+    mode: str = "offline"  # offline: all requests known up front; online: continuous batching with arrivals
+    num_requests: int = 16
+    max_new_tokens: int = 64
+    seed: int = 0
+    warmup: int = 1  # untimed passes with the run's own shapes
+    repeat: int = 3  # timed passes; metrics are their mean (and std)
+    # Built in field order: the scheduler before the engine, so that a bad scheduler.max_batch_size is
+    # reported under its own name rather than as the engine.max_num_seqs interpolated from it.
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    workload: Any = MISSING  # one of WORKLOAD_KINDS, chosen with workload=KIND
+    profile: ProfileSettings = field(default_factory=ProfileSettings)
+    tracking: TrackingSettings = field(default_factory=TrackingSettings)
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode={self.mode}: allowed values are {', '.join(MODES)}")
+        for key in ("num_requests", "max_new_tokens", "repeat"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key}={getattr(self, key)}: must be >= 1")
+        if self.warmup < 0:
+            raise ValueError(f"warmup={self.warmup}: must be >= 0")
+
+
+def register_configs() -> None:
+    """The schema of the primary config and one ``workload`` option per kind (no YAML needed for those)."""
+    store = ConfigStore.instance()
+    store.store(name="rosebench_schema", node=RunConfig)
+    for kind, node in WORKLOAD_KINDS.items():
+        store.store(group="workload", name=kind, node=node)
+
+
+def load_config(cfg: DictConfig) -> RunConfig:
+    """The composed Hydra config as typed objects; any node's check failing is a one-line ``ConfigError``."""
+    try:
+        return OmegaConf.to_object(cfg)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None

@@ -1,0 +1,27 @@
+"""Hydra command-line overrides, read one way everywhere: with Hydra's own parser."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
+
+
+def parse_overrides(overrides: Iterable[str]) -> list[Override]:
+    return OverridesParser.create().parse_overrides(list(overrides))
+
+
+def override_values(overrides: Iterable[str]) -> dict[str, str]:
+    """``["num_requests=16", "+x=1", "engine=tiny"]`` -> {key: value as text}, in command-line order.
+    Deletions (``~key``) and sweeps (``a=1,2``) set no single value and are left out."""
+    return {
+        o.key_or_group: o.get_value_element_as_str()
+        for o in parse_overrides(overrides)
+        if not o.is_delete() and not o.is_sweep_override()
+    }
+
+
+def swept_keys(overrides: Iterable[str]) -> list[str]:
+    """The keys an override list sweeps (``num_requests=1,16``, ``x=range(1,4)``, ...)."""
+    return [o.key_or_group for o in parse_overrides(overrides) if o.is_sweep_override()]

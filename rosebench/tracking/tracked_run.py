@@ -1,0 +1,119 @@
+"""The live MLflow run around one benchmark in the runner's process."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import mlflow
+
+from rosebench.tracking.mlflow_log import describe_error, log_run_folder
+from rosebench.tracking.run_folder import TrackingRecord, read_run
+from rosebench.tracking.settings import TrackingSettings
+from rosebench.tracking.store import SweepHandoff, connect, get_or_create_experiment, resolve_tracking_uri
+
+log = logging.getLogger(__name__)
+
+
+class TrackingWarning(UserWarning):
+    """Something was not logged to MLflow; the benchmark's results are still on disk."""
+
+
+class TrackedRun:
+    """The MLflow run around one benchmark.
+
+    `start()` opens the run (a sweep job nests it under the parent named in the sweep's hand-off file);
+    `finish()` logs the run folder, ends the run and writes `tracking.json`. As a context manager an
+    exception ends the run FAILED and Ctrl-C ends it KILLED, and the exception propagates. A store that
+    cannot be reached only costs a warning: the results stay in the folder for `rosebench.upload`.
+    """
+
+    def __init__(
+        self, settings: TrackingSettings, run_dir: Path, run_name: str, sweep_dir: Path | None = None
+    ) -> None:
+        self.settings = settings
+        self.run_dir = Path(run_dir)
+        self.run_name = run_name
+        self.sweep_dir = Path(sweep_dir) if sweep_dir is not None else None
+        self.record = TrackingRecord()
+
+    def __enter__(self) -> TrackedRun:
+        self.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        if exc_type is None:
+            self.finish()
+        else:
+            self.finish("KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED")
+
+    def start(self) -> None:
+        if not self.settings.enabled:
+            return
+        try:
+            self._start()
+        except Exception as error:
+            self._warn("start", "this run will not be logged", error)
+
+    def _start(self) -> None:
+        handoff = SweepHandoff.read(self.sweep_dir) if self.sweep_dir is not None else None
+        uri = handoff.tracking_uri if handoff else resolve_tracking_uri(self.settings.uri)
+        self.record.tracking_uri = uri
+        client = connect(uri)
+        if handoff:
+            experiment_id = handoff.experiment_id
+        else:
+            experiment_id = get_or_create_experiment(client, self.settings.experiment, uri)
+        # The fluent run is needed for system metrics, whose monitor logs through the global tracking URI.
+        mlflow.set_tracking_uri(uri)
+        if self.settings.system_metrics:
+            mlflow.set_system_metrics_sampling_interval(1)  # the 10 s default records nothing for short runs
+        run = mlflow.start_run(
+            experiment_id=experiment_id,
+            run_name=self.run_name,
+            parent_run_id=handoff.parent_run_id if handoff else None,
+            log_system_metrics=self.settings.system_metrics,
+        )
+        self.record = TrackingRecord(tracking_uri=uri, experiment_id=experiment_id, run_id=run.info.run_id)
+
+    def finish(self, status: str | None = None) -> TrackingRecord:
+        """Log the folder and end the run with `status` (default: results.json's); write tracking.json."""
+        try:
+            if self.record.run_id is not None:
+                self._log_and_end(self.record.run_id, status)
+        finally:
+            if self.run_dir.is_dir():  # never mask the benchmark's own error with ours
+                self.record.write(self.run_dir)
+        return self.record
+
+    def _log_and_end(self, run_id: str, status: str | None) -> None:
+        uri = self.record.tracking_uri or ""
+        try:
+            log_run_folder(self.run_dir, replace(self.settings, uri=uri), run_id=run_id)
+            mlflow.end_run(status or read_run(self.run_dir).status)
+        except KeyboardInterrupt:
+            self._end_quietly("KILLED")
+            raise
+        except Exception as error:
+            self._end_quietly("FAILED")
+            self._warn("finish", "the run is incomplete in MLflow", error)
+            return
+        self.record.logged = True
+
+    def _end_quietly(self, status: str) -> None:
+        try:
+            mlflow.end_run(status)
+        except Exception as error:  # the store is what failed; the active-run stack is popped regardless
+            log.debug("could not end MLflow run: %s", error)
+
+    def _warn(self, stage: str, consequence: str, error: Exception) -> None:
+        self.record.error = f"{stage}: {describe_error(error)}"
+        warnings.warn(
+            f"MLflow tracking failed at {stage} ({describe_error(error)}); {consequence}. Results are kept "
+            f"in {self.run_dir}; log them later with: python -m rosebench.upload {self.run_dir}",
+            TrackingWarning,
+            stacklevel=3,
+        )
