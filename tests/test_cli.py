@@ -136,6 +136,7 @@ def test_online_spellings(tmp_path: Path) -> None:
         "engine.device=cpu",
         "engine.dtype=float32",
         "engine.prefix_cache=false",
+        "engine.num_threads=1",
         "scheduler.max_batch_size=1",
         "sampling=top_k_top_p",
         "workload=shared_prefix",
@@ -171,6 +172,7 @@ def test_online_spellings(tmp_path: Path) -> None:
     assert (engine["max_num_seqs"], engine["max_model_len"], engine["kv_cache"]["num_blocks"]) == (1, 39, 3)
     assert config["sampling"]["max_new_tokens"] == 3 and engine["seed"] == config["seed"]
     assert results["environment"]["device"] == "cpu"
+    assert engine["num_threads"] == 1 and results["environment"]["cpu_threads"] == 1
 
     metrics = results["metrics"]
     assert metrics["requests"] == 3
@@ -339,6 +341,7 @@ BAD = {
     "attention=flash": (["engine.attention=flash"], ["engine.attention", "slot", "naive"], True),
     # 0 must be an error, not read as "unset" (null means: derive from the run).
     "max_num_seqs=0": (["engine.max_num_seqs=0"], ["engine.max_num_seqs=0", ">= 1"], True),
+    "num_threads=0": (["engine.num_threads=0"], ["engine.num_threads=0", ">= 1"], True),
     "num_blocks=0": (["engine.kv_cache.num_blocks=0"], ["engine.kv_cache.num_blocks=0", ">= 1"], True),
     "mode=sideways": (["mode=sideways"], ["mode=sideways", "offline", "online"], True),
     "device=tpu": (["engine.device=tpu"], ["engine.device=tpu", "cuda:N"], True),

@@ -74,6 +74,9 @@ class EngineConfig:
     prefix_cache: bool = True
     prepack: bool = True  # oneDNN-prepacked linear weights on CPU float32 (see cpu_linear.py)
     seed: int = 0  # seeds random weights and the sampling of requests that carry no seed
+    num_threads: int | None = (
+        None  # CPU intra-op threads (torch.set_num_threads, process-wide); None = torch's
+    )
     kv_cache: KVCacheConfig = field(default_factory=KVCacheConfig)
 
     def __post_init__(self) -> None:
@@ -91,3 +94,4 @@ class EngineConfig:
             )
         _at_least_one("engine.max_num_seqs", self.max_num_seqs)
         _at_least_one("engine.max_model_len", self.max_model_len)
+        _at_least_one("engine.num_threads", self.num_threads)

@@ -52,6 +52,8 @@ class Engine:
     context length and block budget it derived are filled in."""
 
     def __init__(self, config: EngineConfig, eos_token_id: int = EOS_TOKEN_ID) -> None:
+        if config.num_threads is not None:
+            torch.set_num_threads(config.num_threads)
         self.device = resolve_device(config.device)
         self.dtype = DTYPES[config.dtype]
         self.eos_token_id = eos_token_id
