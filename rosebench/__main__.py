@@ -85,15 +85,14 @@ def benchmark(config: RunConfig) -> dict[str, float]:
         config=asdict(setup.config), environment=environment(setup.engine.device), run=_run_info(config)
     )
     tracked = _tracked_run(config.tracking, run_dir, results.run)
-    with _sigterm_as_interrupt(), tracked or contextlib.nullcontext():
+    with tracked or contextlib.nullcontext():
         try:
             outcome = run_passes(setup, run_dir)
-        except BaseException as error:
-            results.run.status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
-            results.run.ended_at = _now()
+        except BaseException:
+            results.run.status, results.run.ended_at = "FAILED", _now()
             results.write(run_dir)  # keep the config and environment of what was attempted
             raise
-        results.metrics, results.metrics_std = outcome.metrics, outcome.metrics_std
+        results.metrics, results.metrics_std = outcome.aggregate()
         results.passes = outcome.pass_metrics
         if outcome.profile is not None:
             results.profile = ProfileRecord(
@@ -102,40 +101,56 @@ def benchmark(config: RunConfig) -> dict[str, float]:
                 steps=outcome.profile.steps,
                 warnings=outcome.profile.warnings,
             )
-        results.run.status, results.run.ended_at = "FINISHED", _now()
-        write_outputs(run_dir, metrics.request_rows(outcome.passes[-1], setup.detokenize))
-        results.write(run_dir)
-        engine = setup.config.engine
-        title = f"rosebench {results.run.name}: {engine.model} on {setup.engine.device} ({engine.dtype})"
-        print(summary_table(title, outcome.metrics, outcome.metrics_std, config.repeat))
+        results.run.status = "KILLED" if outcome.interrupted else "FINISHED"
+        results.run.ended_at = _now()
+        results.run.interrupted_during, results.run.profile_error = (
+            outcome.interrupted_during,
+            outcome.profile_error,
+        )
+        if outcome.passes:  # printed before any file is written: a full disk must not hide the figures
+            engine = setup.config.engine
+            title = f"rosebench {results.run.name}: {engine.model} on {setup.engine.device} ({engine.dtype})"
+            print(summary_table(title, results.metrics, results.metrics_std, len(outcome.passes)))
+            write_outputs(run_dir, metrics.request_rows(outcome.passes[-1], setup.detokenize))
         if outcome.profile is not None:
             print(f"profiled pass (untimed, not in the figures above): {run_dir / 'profile'}")
             print(outcome.profile.summary.format())
+        results.write(run_dir)
     print(f"results: {run_dir / 'results.json'}")
     if tracked is not None and tracked.record.logged:
         from rosebench.tracking.store import ui_hint
 
         record = tracked.record
         print(f"mlflow: {ui_hint(record.tracking_uri, record.experiment_id, record.run_id)}")
+    if outcome.interrupted is not None:
+        kept = f"{len(outcome.passes)} finished timed pass{'' if len(outcome.passes) == 1 else 'es'}"
+        print(
+            f"rosebench: interrupted by {outcome.interrupted} during {outcome.interrupted_during}; "
+            f"kept {kept} in {run_dir / 'results.json'} (status KILLED)",
+            file=sys.stderr,
+        )
+        raise SystemExit(128 + outcome.interrupted.signum)
     return results.metrics
 
 
 @contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """Slurm and job runners stop a job with SIGTERM: end it like Ctrl-C, so that the partial results
-    are kept and the MLflow run is marked KILLED rather than left RUNNING."""
+def _stop_signals_as_interrupt() -> Iterator[None]:
+    """Slurm and job runners stop a job with SIGTERM: end it like Ctrl-C, so that the finished passes are
+    kept and the MLflow run is marked KILLED rather than left RUNNING."""
+    from rosebench.runner.benchmark import Interrupted
 
     def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
+        raise Interrupted(signum)
 
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous = signal.signal(signal.SIGTERM, interrupt), signal.signal(signal.SIGINT, interrupt)
     try:
         yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)  # a pooled worker (joblib) must stay stoppable
+    finally:  # a pooled worker (joblib) must stay stoppable
+        signal.signal(signal.SIGTERM, previous[0])
+        signal.signal(signal.SIGINT, previous[1])
 
 
 def _tracked_run(tracking: TrackingSettings, run_dir: Path, run: RunInfo) -> TrackedRun | None:
@@ -151,12 +166,20 @@ def _tracked_run(tracking: TrackingSettings, run_dir: Path, run: RunInfo) -> Tra
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")
 def _hydra_main(cfg: DictConfig) -> dict[str, float]:
     try:
-        return benchmark(load_config(cfg))
+        config = load_config(cfg)
+        with _stop_signals_as_interrupt():
+            return benchmark(config)
     except ConfigError as error:
         print(f"rosebench: error: {error}", file=sys.stderr)
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             raise  # Hydra marks this job failed and runs the others
         sys.exit(1)
+    except KeyboardInterrupt as stop:  # before the passes began: nothing was measured
+        print(
+            f"rosebench: interrupted ({stop or 'SIGINT'}) before timing started; nothing was measured",
+            file=sys.stderr,
+        )
+        sys.exit(128 + getattr(stop, "signum", signal.SIGINT))
 
 
 def main() -> None:

@@ -47,16 +47,18 @@ def pass_metrics(result: PassResult) -> dict[str, float]:
         "itl": [b - a for r in answered for a, b in itertools.pairwise(r.token_times_s)],
         "e2e": [_finish_s(r) - r.arrival_s for r in answered],
     }
+    # A figure with no samples (TPOT and ITL with one output token each, decode steps when every
+    # request ends at its prefill) is left out, never reported as 0.
     for name, values_s in latencies_s.items():
-        values_ms = [v * 1e3 for v in values_s]
-        metrics[f"{name}_ms_mean"] = _mean(values_ms)
-        for q in PERCENTILES:
-            metrics[f"{name}_ms_p{q}"] = percentile(values_ms, q)
-
-    step_ms = [s * 1e3 for s in stats.decode_step_s]
-    metrics["decode_step_ms_p50"] = percentile(step_ms, 50)
-    metrics["decode_step_ms_mean"] = _mean(step_ms)
-    metrics["mean_batch_size"] = _mean(stats.decode_batch_sizes)
+        if values_s:
+            values_ms = [v * 1e3 for v in values_s]
+            metrics[f"{name}_ms_mean"] = statistics.fmean(values_ms)
+            metrics.update({f"{name}_ms_p{q}": percentile(values_ms, q) for q in PERCENTILES})
+    if stats.decode_step_s:
+        step_ms = [s * 1e3 for s in stats.decode_step_s]
+        metrics["decode_step_ms_p50"] = percentile(step_ms, 50)
+        metrics["decode_step_ms_mean"] = statistics.fmean(step_ms)
+        metrics["mean_batch_size"] = statistics.fmean(stats.decode_batch_sizes)
     metrics["peak_kv_blocks"] = float(stats.peak_kv_blocks)
     metrics["kv_capacity_blocks"] = float(stats.kv_capacity_blocks)
     queries = stats.prefix_cache_queries
@@ -108,17 +110,13 @@ def request_rows(result: PassResult, detokenize: Callable[[list[int]], str]) -> 
 
 
 def percentile(values: Sequence[float], q: float) -> float:
-    """``numpy.percentile``'s default (linear interpolation between order statistics); 0.0 when empty."""
+    """``numpy.percentile``'s default (linear interpolation between order statistics)."""
     if not values:
-        return 0.0
+        raise ValueError("percentile of no values")
     ordered = sorted(values)
     pos = (len(ordered) - 1) * q / 100
     lo, hi = math.floor(pos), math.ceil(pos)
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
-
-
-def _mean(values: Sequence[float]) -> float:
-    return statistics.fmean(values) if values else 0.0  # vLLM reports 0 for an empty set, not NaN
 
 
 def _per_second(count: int, elapsed_s: float) -> float:

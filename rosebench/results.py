@@ -34,6 +34,8 @@ class RunInfo:
     sweep_dir: str | None = None
     started_at: str | None = None
     ended_at: str | None = None
+    interrupted_during: str | None = None  # the pass an interrupt cut short (dropped from the figures)
+    profile_error: str | None = None  # a failed profiled pass; the timed figures are kept
 
 
 @dataclass

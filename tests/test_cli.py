@@ -263,6 +263,44 @@ def test_ignore_eos_generates_exactly_max_new_tokens(tmp_path: Path, eos_weights
         assert row["output_token_ids"] == [EOS] * 4, row
 
 
+@pytest.mark.parametrize(("workload", "hit_rate"), [("random", 0.0), ("shared_prefix", 1 / 3)])
+def test_every_pass_starts_cold(tmp_path: Path, workload: str, hit_rate: float) -> None:
+    """A warm-up never serves the timed passes' prompts: random prompts share nothing in any pass, and
+    shared prefixes hit the same share in every pass: 4 prompts of 32 + 16 tokens over 2 prefixes, the
+    last two hit 32 tokens each, 64 of 192 (a warm cache would serve all four: 128 of 192)."""
+    options = {
+        "random": ["workload.input_len=40"],
+        "shared_prefix": ["workload.num_prefixes=2", "workload.prefix_len=32", "workload.suffix_len=16"],
+    }[workload]
+    proc = run_cli(
+        tmp_path,
+        "engine=tiny",
+        "tracking=off",
+        f"workload={workload}",
+        *options,
+        "num_requests=4",
+        "max_new_tokens=4",
+        "warmup=1",
+        "repeat=2",
+        "hydra.run.dir=run",
+    )
+    assert_ok(proc)
+    passes = read_results(tmp_path / "run")["passes"]
+    assert [p["prefix_cache_hit_rate"] for p in passes] == [pytest.approx(hit_rate)] * 2
+
+
+def test_one_output_token_leaves_decode_figures_unmeasured(tmp_path: Path) -> None:
+    proc = run_cli(tmp_path, *FAST, "num_requests=2", "max_new_tokens=1", "hydra.run.dir=run")
+    assert_ok(proc)
+    metrics = read_results(tmp_path / "run")["metrics"]
+    absent = ("tpot_ms_p50", "itl_ms_mean", "decode_step_ms_p50", "mean_batch_size")
+    assert not set(absent) & set(metrics), metrics
+    assert metrics["ttft_ms_p50"] > 0
+    table = proc.stdout.splitlines()
+    assert any(line.startswith("TPOT") and line.split()[1:] == ["-"] * 4 for line in table), proc.stdout
+    assert any(line.startswith("mean batch size") and line.split()[-1] == "-" for line in table), proc.stdout
+
+
 def test_profile_enabled_writes_trace_and_profile_block(tmp_path: Path) -> None:
     proc = run_cli(
         tmp_path,

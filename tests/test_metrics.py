@@ -89,11 +89,18 @@ def test_engine_figures():
     assert m["peak_rss_mb"] == 123.5
 
 
-def test_empty_figures_are_zero():
+def test_figures_without_samples_are_absent_not_zero():
     single = [RequestRecord(0, [1], arrival_s=0.0, output_token_ids=[2], token_times_s=[0.1], finish_s=0.1)]
-    m = pass_metrics(PassResult(single, stats(prefix_cache_queries=0, prefix_cache_hits=0, decode_step_s=[])))
-    assert m["prefix_cache_hit_rate"] == 0.0
-    assert m["tpot_ms_mean"] == m["tpot_ms_p99"] == m["itl_ms_p50"] == m["decode_step_ms_p50"] == 0.0
+    m = pass_metrics(
+        PassResult(
+            single,
+            stats(prefix_cache_queries=0, prefix_cache_hits=0, decode_step_s=[], decode_batch_sizes=[]),
+        )
+    )
+    assert m["prefix_cache_hit_rate"] == 0.0  # nothing looked up, nothing hit
+    absent = {k for k in m if k.startswith(("tpot_", "itl_", "decode_step_")) or k == "mean_batch_size"}
+    assert absent == set(), f"figures with no samples reported: {absent}"
+    assert m["ttft_ms_p50"] == pytest.approx(100.0) and m["e2e_ms_mean"] == pytest.approx(100.0)
     assert pass_metrics(PassResult(single, stats(elapsed_total_s=0.0)))["throughput_total_tok_s"] == 0.0
 
 
@@ -107,7 +114,8 @@ def test_percentile_by_hand():
     assert percentile([4.0, 1.0, 3.0, 2.0], 50) == pytest.approx(2.5)
     assert percentile([4.0, 1.0, 3.0, 2.0], 90) == pytest.approx(3.7)  # rank 2.7 -> 3 + 0.7
     assert percentile([7.0], 99) == 7.0
-    assert percentile([], 50) == 0.0
+    with pytest.raises(ValueError, match="no values"):
+        percentile([], 50)  # callers leave such a figure out instead
 
 
 @given(

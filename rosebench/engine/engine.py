@@ -137,6 +137,15 @@ class Engine:
     def reset_stats(self) -> None:
         self.blocks.reset_stats()
 
+    def clear_cache(self) -> None:
+        """Forget all KV content, the prefix cache included, so the next pass starts cold. Only between
+        passes: no sequence may be running."""
+        if self.num_running:
+            raise RuntimeError(f"clear_cache: {self.num_running} sequences still hold KV slots")
+        b = self.blocks
+        self.blocks = BlockManager(b.num_blocks, b.block_size, b.enable_prefix_cache)
+        self.placement = SlotPlacement(self.cache, self.blocks)
+
     # -- admission -----------------------------------------------------------------------------------
     def admit(self, seq: Sequence) -> bool:
         """Give ``seq`` a slot and blocks (reusing cached prefix blocks); False when they are not free."""

@@ -3,10 +3,14 @@ one separate profiled pass whose timings are never reported as the run's through
 
 from __future__ import annotations
 
+import contextlib
+import math
 import resource
+import signal
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -35,13 +39,28 @@ class Setup:
     detokenize: Callable[[list[int]], str]
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or a stop signal (Slurm's SIGTERM) during the run; the exit code is 128 + ``signum``."""
+
+    def __init__(self, signum: int = signal.SIGINT) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
 @dataclass
 class Outcome:
-    passes: list[PassResult]
-    pass_metrics: list[dict[str, float]]
-    metrics: dict[str, float]
-    metrics_std: dict[str, float]
+    """What the passes produced. After an interrupt: the timed passes that finished, and where it stopped."""
+
+    passes: list[PassResult] = field(default_factory=list)
+    pass_metrics: list[dict[str, float]] = field(default_factory=list)
     profile: ProfileResult | None = None
+    profile_error: str | None = None
+    interrupted: Interrupted | None = None
+    interrupted_during: str | None = None  # the pass that was cut short, e.g. "pass 2/3"
+
+    def aggregate(self) -> tuple[dict[str, float], dict[str, float]]:
+        """Mean and std over the finished timed passes; empty when none finished."""
+        return metrics.aggregate(self.pass_metrics) if self.pass_metrics else ({}, {})
 
 
 def prepare(config: RunConfig) -> Setup:
@@ -73,28 +92,47 @@ def prepare(config: RunConfig) -> Setup:
 
 
 def run_passes(setup: Setup, run_dir: Path) -> Outcome:
-    for index in range(setup.config.warmup):
-        _timed_pass(setup, f"warm-up {index + 1}/{setup.config.warmup}")
-    passes = [
-        _timed_pass(setup, f"pass {index + 1}/{setup.config.repeat}") for index in range(setup.config.repeat)
-    ]
-    pass_metrics = [metrics.pass_metrics(p) for p in passes]
-    mean, std = metrics.aggregate(pass_metrics)
-    outcome = Outcome(passes, pass_metrics, mean, std)
-    if setup.config.profile.enabled:
-        outcome.profile = _profiled_pass(setup, run_dir / "profile")
+    """Warm-up, timed and profiled passes. An interrupt ends them and is recorded in the outcome (the pass
+    in flight is dropped); a failing profiled pass is recorded too and never discards the timed ones."""
+    outcome = Outcome()
+    config = setup.config
+    label = ""
+    if config.mode == "online" and math.isfinite(config.scheduler.request_rate):
+        span = max(r.arrival_s for r in setup.requests)
+        rate = config.scheduler.request_rate
+        _say(f"each pass: {len(setup.requests)} requests arriving over {span:.1f} s (request_rate={rate})")
+    try:
+        for index in range(config.warmup):
+            label = f"warm-up {index + 1}/{config.warmup}"
+            _timed_pass(setup, label)
+        for index in range(config.repeat):
+            label = f"pass {index + 1}/{config.repeat}"
+            result = _timed_pass(setup, label)
+            outcome.passes.append(result)
+            outcome.pass_metrics.append(metrics.pass_metrics(result))
+            _say(f"{label}: {outcome.pass_metrics[-1]['throughput_completion_tok_s']:.1f} tok/s")
+            label = "the gap between passes"
+        if config.profile.enabled:
+            label = "profiled pass"
+            try:
+                outcome.profile = _profiled_pass(setup, run_dir / "profile")
+            except Exception as error:  # the timed figures stand on their own
+                outcome.profile_error = f"{type(error).__name__}: {error}"
+                _say(f"profiled pass failed ({outcome.profile_error}); the timed figures are kept")
+    except Interrupted as stop:
+        outcome.interrupted, outcome.interrupted_during = stop, label
+    except KeyboardInterrupt:
+        outcome.interrupted, outcome.interrupted_during = Interrupted(signal.SIGINT), label
     return outcome
 
 
 def _timed_pass(setup: Setup, label: str) -> PassResult:
+    setup.engine.clear_cache()  # passes are independent repetitions: none reads another's prefix cache
     device = setup.engine.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    with tqdm(
-        total=len(setup.requests), desc=label, unit="req", disable=None, leave=False, file=sys.stderr
-    ) as bar:
-        scheduler = SCHEDULERS[setup.config.mode](setup.engine, setup.config.scheduler)
-        scheduler.on_step = _progress_hook(scheduler, bar)
+    scheduler = SCHEDULERS[setup.config.mode](setup.engine, setup.config.scheduler)
+    with _progress(scheduler, len(setup.requests), label):
         result = scheduler.run(setup.requests)
     result.stats.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if device.type == "cuda":
@@ -103,17 +141,52 @@ def _timed_pass(setup: Setup, label: str) -> PassResult:
     return result
 
 
-def _progress_hook(scheduler: BatchScheduler, bar: tqdm) -> Callable[[str], None]:
-    def on_step(kind: str) -> None:
-        done = sum(1 for r in scheduler.records.values() if r.finish_s is not None)
-        tokens = sum(len(r.output_token_ids) for r in scheduler.records.values())
-        bar.update(done - bar.n)
-        bar.set_postfix_str(f"{tokens / max(scheduler.now(), 1e-9):.0f} tok/s", refresh=False)
+PROGRESS_EVERY_S = 10.0
 
-    return on_step
+
+@contextlib.contextmanager
+def _progress(scheduler: BatchScheduler, total: int, label: str) -> Iterator[None]:
+    """A progress bar on a terminal; elsewhere (a log file, Slurm) a line every PROGRESS_EVERY_S, so that a
+    long pass (a slow request rate) is never silent."""
+
+    def status() -> tuple[int, int]:
+        records = list(scheduler.records.values())
+        done = sum(1 for r in records if r.finish_s is not None)
+        return done, sum(len(r.output_token_ids) for r in records)
+
+    if sys.stderr.isatty():
+        with tqdm(total=total, desc=label, unit="req", leave=False, file=sys.stderr) as bar:
+
+            def on_step(kind: str) -> None:
+                done, tokens = status()
+                bar.update(done - bar.n)
+                bar.set_postfix_str(f"{tokens / max(scheduler.now(), 1e-9):.0f} tok/s", refresh=False)
+
+            scheduler.on_step = on_step
+            yield
+        return
+    stop = threading.Event()
+
+    def report() -> None:
+        while not stop.wait(PROGRESS_EVERY_S):
+            done, tokens = status()
+            _say(f"{label}: {done}/{total} requests done, {tokens} tokens, {scheduler.now():.0f} s")
+
+    reporter = threading.Thread(target=report, daemon=True)
+    reporter.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        reporter.join()
+
+
+def _say(line: str) -> None:
+    print(f"rosebench: {line}", file=sys.stderr, flush=True)
 
 
 def _profiled_pass(setup: Setup, out_dir: Path) -> ProfileResult | None:
+    setup.engine.clear_cache()
     session = ProfileSession(setup.config.profile, out_dir, setup.engine.device)
     with session:
         scheduler = SCHEDULERS[setup.config.mode](

@@ -28,14 +28,18 @@ _ENGINE = [
 ]
 
 
+UNMEASURED = "-"  # a figure with no samples (TPOT with one output token each): absent, never 0
+_NOT_APPLICABLE_WHEN_ABSENT = {"cuda_max_allocated_mb", "cuda_max_reserved_mb"}  # CPU runs have none
+
+
 def summary_table(title: str, mean: dict[str, float], std: dict[str, float], repeat: int) -> str:
     width = 32
     out = [f"=== {title} ==="]
 
     def line(label: str, key: str, fmt: str) -> None:
-        if key not in mean:
+        if key not in mean and key in _NOT_APPLICABLE_WHEN_ABSENT:
             return
-        text = fmt.format(mean[key])
+        text = fmt.format(mean[key]) if key in mean else UNMEASURED
         if repeat > 1 and std.get(key):
             text += f"  ± {fmt.format(std[key])}"
         out.append(f"{label:<{width}}{text}")
@@ -44,9 +48,8 @@ def summary_table(title: str, mean: dict[str, float], std: dict[str, float], rep
         line(label, key, fmt)
     out.append(f"{'latency (ms)':<{width}}{'mean':>10}{'p50':>10}{'p90':>10}{'p99':>10}")
     for label, key in _LATENCIES:
-        cells = "".join(
-            f"{mean.get(f'{key}_{stat}', float('nan')):>10.2f}" for stat in ("mean", "p50", "p90", "p99")
-        )
+        values = [mean.get(f"{key}_{stat}") for stat in ("mean", "p50", "p90", "p99")]
+        cells = "".join(f"{UNMEASURED:>10}" if v is None else f"{v:>10.2f}" for v in values)
         out.append(f"{label:<{width}}{cells}")
     for label, key, fmt in _ENGINE:
         line(label, key, fmt)
