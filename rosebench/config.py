@@ -24,6 +24,8 @@ from rosebench.tracking.settings import TrackingSettings
 from rosebench.workload.build import WORKLOAD_KINDS
 
 MODES = ("offline", "online")
+SEED_LIMIT = 2**32  # seeds stay far from int64 overflow when offset by request ids
+MAX_REQUESTS = 1_000_000  # a pass keeps every request's prompt and timeline in memory
 
 
 class ConfigError(ValueError):
@@ -55,6 +57,12 @@ class RunConfig:
                 raise ValueError(f"{key}={getattr(self, key)}: must be >= 1")
         if self.warmup < 0:
             raise ValueError(f"warmup={self.warmup}: must be >= 0")
+        if not 0 <= self.seed < SEED_LIMIT:
+            raise ValueError(f"seed={self.seed}: must be in [0, 2**32)")
+        if self.num_requests > MAX_REQUESTS:
+            raise ValueError(
+                f"num_requests={self.num_requests}: must be <= {MAX_REQUESTS} (one pass holds them all)"
+            )
 
 
 def register_configs() -> None:

@@ -379,6 +379,22 @@ BAD = {
     "attention=flash": (["engine.attention=flash"], ["engine.attention", "slot", "naive"], True),
     # 0 must be an error, not read as "unset" (null means: derive from the run).
     "max_num_seqs=0": (["engine.max_num_seqs=0"], ["engine.max_num_seqs=0", ">= 1"], True),
+    "seed=2**64": (["seed=18446744073709551616"], ["seed=18446744073709551616", "[0, 2**32)"], True),
+    "sampling.seed=-1": (["sampling.seed=-1"], ["sampling.seed=-1", "[0, 2**32)"], True),
+    "temperature=inf": (["sampling.temperature=inf"], ["sampling.temperature=inf", "finite"], True),
+    "temperature=nan": (["sampling.temperature=nan"], ["sampling.temperature=nan", "finite"], True),
+    "burstiness=inf": (["scheduler.burstiness=inf"], ["scheduler.burstiness=inf", "finite"], True),
+    "block_size=100000": (
+        ["engine.kv_cache.block_size=100000"],
+        ["engine.kv_cache.block_size", "[1, 256]"],
+        True,
+    ),
+    "num_requests=10**9": (["num_requests=1000000000"], ["num_requests=1000000000", "<= 1000000"], True),
+    "activities=cuda-on-cpu": (
+        ["profile.enabled=true", "profile.activities=cuda"],
+        ["profile.activities=cuda", "auto, cpu"],
+        True,
+    ),
     "num_threads=0": (["engine.num_threads=0"], ["engine.num_threads=0", ">= 1"], True),
     "num_blocks=0": (["engine.kv_cache.num_blocks=0"], ["engine.kv_cache.num_blocks=0", ">= 1"], True),
     "mode=sideways": (["mode=sideways"], ["mode=sideways", "offline", "online"], True),
@@ -424,6 +440,9 @@ def test_config_error_and_help_import_no_torch(tmp_path: Path) -> None:
         assert expected in proc.stderr, describe(proc)
 
 
+_NEED_NO_GPU = {"device=cuda", "activities=cuda-on-cpu"}
+
+
 @pytest.fixture(scope="module")
 def bad_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, subprocess.CompletedProcess[str]]:
     """Every bad-value run, two at a time: they fail early, so most of their cost is imports."""
@@ -436,7 +455,7 @@ def bad_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, subprocess.C
         overrides = BAD[case][0]
         return run_cli(cwd, *FAST, "num_requests=2", "max_new_tokens=4", *overrides)
 
-    cases = [c for c in BAD if c != "device=cuda" or not torch.cuda.is_available()]
+    cases = [c for c in BAD if c not in _NEED_NO_GPU or not torch.cuda.is_available()]
     with ThreadPoolExecutor(max_workers=2) as pool:
         return dict(zip(cases, pool.map(one, cases)))
 
@@ -447,7 +466,7 @@ def bad_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, subprocess.C
         pytest.param(
             c,
             marks=pytest.mark.skipif(
-                c == "device=cuda" and torch.cuda.is_available(), reason="CUDA is available here"
+                c in _NEED_NO_GPU and torch.cuda.is_available(), reason="CUDA is available here"
             ),
         )
         for c in BAD
@@ -465,6 +484,47 @@ def test_bad_value_is_one_clear_line(
     if own:
         lines = [line for line in proc.stderr.splitlines() if line.strip()]
         assert len(lines) == 1 and lines[0].startswith(_ONE_LINE), describe(proc)
+
+
+def _damaged_weights(root: Path, hf_dir: Path) -> dict[str, tuple[Path, str]]:
+    """Weights sources a user can hand over by mistake, with what the one-line error must name."""
+    cases = {}
+    truncated = root / "truncated"
+    shutil.copytree(hf_dir, truncated)
+    data = (truncated / "model.safetensors").read_bytes()
+    (truncated / "model.safetensors").write_bytes(data[: len(data) // 2])
+    cases["truncated-safetensors"] = (truncated, "model.safetensors: cannot be read as weights")
+    garbage = root / "garbage-bin"
+    garbage.mkdir()
+    shutil.copy(hf_dir / "config.json", garbage / "config.json")
+    (garbage / "pytorch_model.bin").write_bytes(b"not a checkpoint")
+    cases["garbage-bin"] = (garbage, "pytorch_model.bin: cannot be read as weights")
+    typed = root / "wrong-type-config"
+    shutil.copytree(hf_dir, typed)
+    config = json.loads((typed / "config.json").read_text())
+    (typed / "config.json").write_text(json.dumps({**config, "n_layer": "two"}))
+    cases["config-wrong-type"] = (typed, "config.json: 'n_layer' must be an integer >= 1, got 'two'")
+    not_state = root / "not-a-state-dict.pt"
+    torch.save({"model": [1, 2, 3], "config": {"n_layer": 2}}, not_state)
+    cases["pt-model-not-state-dict"] = (not_state, "key 'model' must be a state_dict")
+    return cases
+
+
+def test_damaged_weights_are_one_clear_line(tmp_path: Path, hf_tiny_dir: Path) -> None:
+    cases = _damaged_weights(tmp_path, hf_tiny_dir)
+
+    def one(case: str) -> subprocess.CompletedProcess[str]:
+        return run_cli(
+            tmp_path, *FAST, "num_requests=1", "max_new_tokens=2", f"engine.weights={cases[case][0]}"
+        )
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        runs = dict(zip(cases, pool.map(one, cases)))
+    for case, proc in runs.items():
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        assert proc.returncode == 1 and len(lines) == 1, f"{case}\n{describe(proc)}"
+        assert lines[0].startswith(_ONE_LINE) and cases[case][1] in lines[0], f"{case}\n{describe(proc)}"
+    assert not (tmp_path / "outputs").exists() or not list(tmp_path.glob("outputs/*/*/results.json"))
 
 
 # -------------------------------------------------------------------------------------------- multirun

@@ -67,6 +67,11 @@ class Engine:
             raise ValueError(f"engine.max_model_len={config.max_model_len}: must be in [1, {n_positions}]")
         max_model_len = config.max_model_len or n_positions
         self.block_size = config.kv_cache.block_size
+        if self.block_size > n_positions:
+            raise ValueError(
+                f"engine.kv_cache.block_size={self.block_size}: must be in [1, {n_positions}] "
+                f"(the model's context)"
+            )
         blocks_per_slot = -(-max_model_len // self.block_size)
         num_slots = self._num_slots(config, max_model_len, blocks_per_slot)
         num_blocks = config.kv_cache.num_blocks

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass
 
 
@@ -30,8 +31,10 @@ class SamplingParams:
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens={self.max_new_tokens}: must be >= 1")
-        if not self.temperature >= 0:  # rejects NaN too
-            raise ValueError(f"sampling.temperature={self.temperature}: must be >= 0 (0 = greedy)")
+        if not 0 <= self.temperature < math.inf:  # rejects NaN too
+            raise ValueError(f"sampling.temperature={self.temperature}: must be finite and >= 0 (0 = greedy)")
+        if self.seed is not None and not 0 <= self.seed < 2**32:
+            raise ValueError(f"sampling.seed={self.seed}: must be in [0, 2**32) or null")
         if not self.top_k >= 0:
             raise ValueError(f"sampling.top_k={self.top_k}: must be >= 0 (0 = off)")
         if not 0.0 < self.top_p <= 1.0:

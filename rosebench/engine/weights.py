@@ -72,18 +72,18 @@ def load_hf_folder(folder: Path) -> GPT2:
     config_file = folder / "config.json"
     if not config_file.is_file():
         raise WeightsError(f"{config_file}: missing (a Hugging Face GPT-2 folder needs config.json)")
-    hf = json.loads(config_file.read_text())
     try:
-        cfg = ModelConfig(
-            vocab_size=hf["vocab_size"],
-            n_positions=hf["n_positions"],
-            n_embd=hf["n_embd"],
-            n_layer=hf["n_layer"],
-            n_head=hf["n_head"],
-            layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5),
-        )
-    except KeyError as missing:
-        raise WeightsError(f"{config_file}: missing key {missing}") from None
+        hf = json.loads(config_file.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise WeightsError(f"{config_file}: not a JSON file ({_one_line(err)})") from None
+    if not isinstance(hf, dict):
+        raise WeightsError(f"{config_file}: expected a JSON object")
+    for key in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
+        if key not in hf:
+            raise WeightsError(f"{config_file}: missing key '{key}'")
+    values = {key: hf[key] for key in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head")}
+    values["layer_norm_eps"] = hf.get("layer_norm_epsilon", 1e-5)
+    cfg = _model_config(config_file, values)
     weights_file, state = _read_hf_state(folder)
     ours: dict[str, torch.Tensor] = {}
     for key, tensor in state.items():
@@ -107,10 +107,16 @@ def load_checkpoint(path: Path) -> GPT2:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise WeightsError(f"{path}: cannot be read as a torch checkpoint ({err})") from None
+        raise WeightsError(f"{path}: cannot be read as a torch checkpoint ({_one_line(err)})") from None
     if not isinstance(payload, dict) or "model" not in payload or "config" not in payload:
         raise WeightsError(f"{path}: expected a dict with keys 'model' (state_dict) and 'config'")
+    if not isinstance(payload["model"], dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in payload["model"].items()
+    ):
+        raise WeightsError(f"{path}: key 'model' must be a state_dict (parameter name -> tensor)")
     raw = payload["config"]
+    if not isinstance(raw, dict):
+        raise WeightsError(f"{path}: key 'config' must be a dict of model settings")
     values = {}
     for field_name, aliases in _CONFIG_ALIASES.items():
         found = next((raw[a] for a in aliases if a in raw), None)
@@ -128,7 +134,7 @@ def load_checkpoint(path: Path) -> GPT2:
         raise WeightsError(
             f"{path}: key 'lm_head.weight' differs from 'token_embedding.weight' (lm_head is tied)"
         )
-    return _load_state(GPT2(ModelConfig(**values)), state, path)
+    return _load_state(GPT2(_model_config(path, values)), state, path)
 
 
 def _read_hf_state(folder: Path) -> tuple[Path, dict[str, torch.Tensor]]:
@@ -136,10 +142,37 @@ def _read_hf_state(folder: Path) -> tuple[Path, dict[str, torch.Tensor]]:
     if safetensors_file.is_file():
         from safetensors.torch import load_file
 
-        return safetensors_file, load_file(str(safetensors_file))
-    if bin_file.is_file():
-        return bin_file, torch.load(bin_file, map_location="cpu", weights_only=True)
-    raise WeightsError(f"{folder}: no model.safetensors or pytorch_model.bin")
+        source, read = safetensors_file, lambda: load_file(str(safetensors_file))
+    elif bin_file.is_file():
+        source, read = bin_file, lambda: torch.load(bin_file, map_location="cpu", weights_only=True)
+    else:
+        raise WeightsError(f"{folder}: no model.safetensors or pytorch_model.bin")
+    try:
+        state = read()
+    except Exception as err:  # truncated, corrupt or not a weights file at all
+        raise WeightsError(f"{source}: cannot be read as weights ({_one_line(err)})") from None
+    if not isinstance(state, dict):
+        raise WeightsError(f"{source}: expected a state_dict (parameter name -> tensor)")
+    return source, state
+
+
+def _model_config(source: Path, values: dict) -> ModelConfig:
+    """The model shape from a weights source's settings, each checked for its type."""
+    for key, value in values.items():
+        if key == "layer_norm_eps":
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise WeightsError(f"{source}: '{key}' must be a number > 0, got {value!r}")
+        elif isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise WeightsError(f"{source}: '{key}' must be an integer >= 1, got {value!r}")
+    try:
+        return ModelConfig(**values)
+    except ValueError as err:
+        raise WeightsError(f"{source}: {err}") from None
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return text if len(text) <= 200 else f"{text[:200]} ..."
 
 
 def _load_state(model: GPT2, state: dict[str, torch.Tensor], source: Path) -> GPT2:

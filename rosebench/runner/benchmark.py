@@ -86,6 +86,15 @@ def prepare(config: RunConfig) -> Setup:
             )
         engine = Engine(engine_config, eos_token_id=tokenizer.eot_token)
         SCHEDULERS[config.mode](engine, config.scheduler).validate(requests)
+        if (
+            config.profile.enabled
+            and engine.device.type != "cuda"
+            and "cuda" in config.profile.activity_names()
+        ):
+            raise ConfigError(
+                f"profile.activities={config.profile.activities}: the engine runs on {engine.device}, which "
+                "has no CUDA activity to record (allowed here: auto, cpu)"
+            )
     except ValueError as err:
         raise ConfigError(str(err)) from None
     return Setup(replace(config, engine=engine.config), engine, requests, tokenizer.decode)

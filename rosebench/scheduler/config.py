@@ -21,7 +21,7 @@ class SchedulerConfig:
             raise ValueError(f"scheduler.max_batched_tokens={self.max_batched_tokens}: must be >= 1")
         if not self.request_rate > 0:
             raise ValueError(f"scheduler.request_rate={self.request_rate}: must be > 0 (inf = all at once)")
-        if not self.burstiness > 0:
-            raise ValueError(f"scheduler.burstiness={self.burstiness}: must be > 0 (1 = Poisson)")
+        if not 0 < self.burstiness < math.inf:
+            raise ValueError(f"scheduler.burstiness={self.burstiness}: must be finite and > 0 (1 = Poisson)")
         if self.max_concurrency is not None and self.max_concurrency < 1:
             raise ValueError(f"scheduler.max_concurrency={self.max_concurrency}: must be >= 1 or null")
