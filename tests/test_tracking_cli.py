@@ -236,3 +236,41 @@ def test_stop_signal_mid_pass_keeps_the_finished_passes(tmp_path: Path, stop: in
     history = client.get_metric_history(run.info.run_id, "pass/throughput_completion_tok_s")
     assert len(history) == finished
     assert run.data.params["num_requests"] == "8"
+
+
+def test_eight_separate_processes_into_one_fresh_store(tmp_path: Path) -> None:
+    """Eight shells (a Slurm array) start at the same moment against a store that does not exist yet:
+    every run lands, finished, under the right experiment, with its own figures."""
+    uri = f"sqlite:///{tmp_path / 'fresh.db'}"
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "rosebench",
+                *TINY,
+                "repeat=1",
+                f"num_requests={n}",
+                f"tracking.uri={uri}",
+                "tracking.experiment=array",
+                f"hydra.run.dir=run{n}",
+            ],
+            cwd=tmp_path,
+            env=cli_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for n in range(1, 9)
+    ]
+    outputs = [p.communicate(timeout=600) for p in procs]
+    for n, (proc, (_, stderr)) in enumerate(zip(procs, outputs), start=1):
+        assert proc.returncode == 0, f"process {n}: {stderr[-2000:]}"
+        assert "MLflow tracking failed" not in stderr, f"process {n}: {stderr[-2000:]}"
+    client = MlflowClient(uri)
+    runs = experiment_runs(client, "array")
+    assert sorted(int(r.data.params["num_requests"]) for r in runs) == list(range(1, 9))
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert all(r.data.metrics["requests"] == float(r.data.params["num_requests"]) for r in runs)
+    default = client.get_experiment_by_name("Default")
+    assert default is None or not client.search_runs([default.experiment_id]), "runs filed under Default"

@@ -137,6 +137,11 @@ def venv_python(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return python
 
 
+def test_documented_launchers_come_with_a_plain_install(wheel: Path) -> None:
+    """README: hydra/launcher=parallel (joblib) and slurm (submitit) after `pip install -e .`."""
+    assert {"hydra-joblib-launcher", "hydra-submitit-launcher", "filelock"} <= set(_requirements(wheel))
+
+
 def test_wheel_ships_configs_and_tokenizer(wheel: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     for name in (

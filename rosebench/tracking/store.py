@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+from filelock import FileLock
 from mlflow import MlflowClient
 from mlflow.entities import LifecycleStage
 from mlflow.exceptions import MlflowException
@@ -23,6 +25,7 @@ FAST_FAIL_HTTP_ENV = {
 }
 
 SWEEP_HANDOFF = "mlflow_sweep.json"
+STORE_LOCK_TIMEOUT_S = 300  # a migration of a large store takes a while; a stuck holder does not hold forever
 _SQLITE = "sqlite:///"
 
 
@@ -46,27 +49,45 @@ def sqlite_path(uri: str) -> Path | None:
 
 
 def connect(uri: str) -> MlflowClient:
-    """A client for `uri` whose HTTP calls fail fast when the server is down."""
+    """A client for `uri` whose HTTP calls fail fast when the server is down.
+
+    A SQLite store is created (or its schema migrated) under a file lock beside the database: separate
+    processes started at once (a Slurm array, several shells) otherwise race in MLflow's schema set-up
+    and all but one lose their runs (8 processes logged 1 run).
+    """
     for name, value in FAST_FAIL_HTTP_ENV.items():
         os.environ.setdefault(name, value)
-    return MlflowClient(tracking_uri=uri)
+    db = sqlite_path(uri)
+    if db is None:
+        return MlflowClient(tracking_uri=uri)
+    with store_lock(db):
+        client = MlflowClient(tracking_uri=uri)
+        client.search_experiments(max_results=1)  # builds the store: tables, migrations, Default
+    return client
+
+
+def store_lock(db: Path) -> FileLock:
+    """The lock that serializes the creation of `db` (and of experiments in it) across processes."""
+    db.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(f"{db}.lock", timeout=STORE_LOCK_TIMEOUT_S)
 
 
 def get_or_create_experiment(client: MlflowClient, name: str, uri: str) -> str:
     """The id of experiment `name`, created if missing (artifacts next to a sqlite database)."""
-    experiment = client.get_experiment_by_name(name)
-    if experiment is None:
-        db = sqlite_path(uri)
-        # Without an explicit location, sqlite experiments put artifacts in ./mlruns of whatever cwd the
-        # first process had; next to the database they stay findable.
-        location = str(db.resolve().parent / "mlruns") if db is not None else None
-        try:
-            return client.create_experiment(name, artifact_location=location)
-        except MlflowException:
-            # Another process created it between our lookup and our create.
-            experiment = client.get_experiment_by_name(name)
-            if experiment is None:
-                raise
+    db = sqlite_path(uri)
+    with store_lock(db) if db is not None else contextlib.nullcontext():
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            # Without an explicit location, sqlite experiments put artifacts in ./mlruns of whatever cwd
+            # the first process had; next to the database they stay findable.
+            location = str(db.resolve().parent / "mlruns") if db is not None else None
+            try:
+                return client.create_experiment(name, artifact_location=location)
+            except MlflowException:
+                # Another process (through a server, which no file lock covers) created it meanwhile.
+                experiment = client.get_experiment_by_name(name)
+                if experiment is None:
+                    raise
     if experiment.lifecycle_stage == LifecycleStage.DELETED:
         raise ValueError(f"MLflow experiment {name!r} is deleted; restore it or choose another name")
     return experiment.experiment_id
