@@ -488,6 +488,8 @@ def test_bad_value_is_one_clear_line(
 
 def _damaged_weights(root: Path, hf_dir: Path) -> dict[str, tuple[Path, str]]:
     """Weights sources a user can hand over by mistake, with what the one-line error must name."""
+    from safetensors.torch import load_file, save_file
+
     cases = {}
     truncated = root / "truncated"
     shutil.copytree(hf_dir, truncated)
@@ -507,6 +509,12 @@ def _damaged_weights(root: Path, hf_dir: Path) -> dict[str, tuple[Path, str]]:
     not_state = root / "not-a-state-dict.pt"
     torch.save({"model": [1, 2, 3], "config": {"n_layer": 2}}, not_state)
     cases["pt-model-not-state-dict"] = (not_state, "key 'model' must be a state_dict")
+    nan = root / "nan-weights"
+    shutil.copytree(hf_dir, nan)
+    state = load_file(nan / "model.safetensors")
+    state["transformer.ln_f.weight"][:] = float("nan")
+    save_file(state, nan / "model.safetensors", metadata={"format": "pt"})
+    cases["nan-weights"] = (nan, "non-finite logits (NaN or inf) at a prefill")  # found at the first step
     return cases
 
 
@@ -524,7 +532,9 @@ def test_damaged_weights_are_one_clear_line(tmp_path: Path, hf_tiny_dir: Path) -
         lines = [line for line in proc.stderr.splitlines() if line.strip()]
         assert proc.returncode == 1 and len(lines) == 1, f"{case}\n{describe(proc)}"
         assert lines[0].startswith(_ONE_LINE) and cases[case][1] in lines[0], f"{case}\n{describe(proc)}"
-    assert not (tmp_path / "outputs").exists() or not list(tmp_path.glob("outputs/*/*/results.json"))
+    # Only the NaN weights get as far as a run folder, which records the failure.
+    [results_file] = tmp_path.glob("outputs/*/*/results.json")
+    assert read_results(results_file.parent)["run"]["status"] == "FAILED"
 
 
 # -------------------------------------------------------------------------------------------- multirun

@@ -29,6 +29,10 @@ class RequestTooLongError(ValueError):
     pass
 
 
+class NonFiniteLogitsError(ValueError):
+    """The weights or the dtype make the model's output NaN or infinite: nothing it samples means anything."""
+
+
 @dataclass
 class KVStats:
     capacity_blocks: int
@@ -199,7 +203,7 @@ class Engine:
             num_new = [s.num_tokens - start for s, start in zip(seqs, starts)]
             width = max(num_new)
             ids = [s.token_ids[start:] + [0] * (width - n) for s, start, n in zip(seqs, starts, num_new)]
-            return self._forward_and_sample(seqs, ids, starts, num_new)
+            return self._forward_and_sample(seqs, ids, starts, num_new, check_finite=True)
 
     @torch.inference_mode()
     def decode(self, seqs: list[Sequence]) -> list[int]:
@@ -214,7 +218,12 @@ class Engine:
             return [seq.last_token_id for seq in seqs]
 
     def _forward_and_sample(
-        self, seqs: list[Sequence], ids: list[list[int]], starts: list[int], num_new: list[int]
+        self,
+        seqs: list[Sequence],
+        ids: list[list[int]],
+        starts: list[int],
+        num_new: list[int],
+        check_finite: bool = False,
     ) -> list[int]:
         with record_function("rosebench.engine.prepare"):
             device = self.device
@@ -226,6 +235,13 @@ class Engine:
             last = torch.tensor([n - 1 for n in num_new], device=device)
         hidden = self.model(input_ids, positions, self._attention(self.cache, batch))
         logits = self.model.logits(hidden[torch.arange(len(seqs), device=device), last])
+        # Checked at prefills only (one more sync each, none in decode): NaN weights or an overflowing
+        # dtype show at the first step, instead of as a stream of token 0.
+        if check_finite and not bool(torch.isfinite(logits).all()):
+            raise NonFiniteLogitsError(
+                f"the model produced non-finite logits (NaN or inf) at a prefill of {len(seqs)} sequences: "
+                f"check engine.weights for NaN values, or engine.dtype={self.config.dtype} for overflow"
+            )
         next_ids = self.sampler(
             logits, [s.params for s in seqs], [self._seed(s) for s in seqs], [s.num_tokens for s in seqs]
         ).tolist()  # the step's one host-device sync

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from rosebench import metrics
 from rosebench.config import ConfigError, RunConfig
 from rosebench.engine.config import MODEL_PRESETS
-from rosebench.engine.engine import Engine
+from rosebench.engine.engine import Engine, NonFiniteLogitsError
 from rosebench.engine.tokenizer import load_tokenizer
 from rosebench.profiling.session import ProfileResult, ProfileSession
 from rosebench.scheduler.base import BatchScheduler
@@ -128,6 +128,8 @@ def run_passes(setup: Setup, run_dir: Path) -> Outcome:
             except Exception as error:  # the timed figures stand on their own
                 outcome.profile_error = f"{type(error).__name__}: {error}"
                 _say(f"profiled pass failed ({outcome.profile_error}); the timed figures are kept")
+    except NonFiniteLogitsError as error:  # bad weights or dtype: an input error, told in one line
+        raise ConfigError(str(error)) from None
     except Interrupted as stop:
         outcome.interrupted, outcome.interrupted_during = stop, label
     except KeyboardInterrupt:
