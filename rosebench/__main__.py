@@ -38,7 +38,7 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _run_info(config: RunConfig) -> RunInfo:
+def _run_info(config: RunConfig, model: str) -> RunInfo:
     hc = HydraConfig.get()
     overrides = list(hc.overrides.task)
     shown = [
@@ -48,7 +48,9 @@ def _run_info(config: RunConfig) -> RunInfo:
     ]
     multirun = hc.mode == RunMode.MULTIRUN
     return RunInfo(
-        name="-".join([config.mode, *shown]) if shown else f"{config.mode}-{config.engine.model}",
+        name="-".join([config.mode, *shown, *([model] if config.engine.weights else [])])
+        if shown
+        else f"{config.mode}-{model}",
         mode=config.mode,
         profiled=config.profile.enabled,
         overrides=overrides,
@@ -81,8 +83,12 @@ def benchmark(config: RunConfig) -> dict[str, float]:
     setup = prepare(config)
     if HydraConfig.get().mode == RunMode.MULTIRUN:
         _warn_parallel_launcher()
+    model = setup.model()
     results = RunResults(
-        config=asdict(setup.config), environment=environment(setup.engine.device), run=_run_info(config)
+        config=asdict(setup.config),
+        environment=environment(setup.engine.device),
+        run=_run_info(config, model["short"]),
+        model=model,
     )
     tracked = _tracked_run(config.tracking, run_dir, results.run)
     with tracked or contextlib.nullcontext():
@@ -108,8 +114,8 @@ def benchmark(config: RunConfig) -> dict[str, float]:
             outcome.profile_error,
         )
         if outcome.passes:  # printed before any file is written: a full disk must not hide the figures
-            engine = setup.config.engine
-            title = f"rosebench {results.run.name}: {engine.model} on {setup.engine.device} ({engine.dtype})"
+            on = f"{setup.engine.device} ({config.engine.dtype})"
+            title = f"rosebench {results.run.name}: {model['label']} on {on}"
             print(summary_table(title, results.metrics, results.metrics_std, len(outcome.passes)))
             write_outputs(run_dir, metrics.request_rows(outcome.passes[-1], setup.detokenize))
         if outcome.profile is not None:

@@ -66,6 +66,7 @@ class RunResults:
     config: dict[str, Any]  # the resolved config that ran
     environment: dict[str, Any]
     run: RunInfo
+    model: dict[str, Any] = field(default_factory=dict)  # the architecture loaded (layers, width, parameters)
     metrics: dict[str, float] = field(default_factory=dict)  # mean over the timed passes
     metrics_std: dict[str, float] = field(default_factory=dict)
     passes: list[dict[str, float]] = field(default_factory=list)  # each timed pass's own figures
@@ -88,6 +89,7 @@ class RunResults:
             config=data.get("config", {}),
             environment=data.get("environment", {}),
             run=RunInfo(**data["run"]),
+            model=data.get("model", {}),
             metrics=data.get("metrics", {}),
             metrics_std=data.get("metrics_std", {}),
             passes=data.get("passes", []),

@@ -220,6 +220,11 @@ def test_offline_hf_weights_jsonl_greedy_matches_transformers(
     assert results["config"]["workload"]["path"] == str(workload)
     assert results["config"]["scheduler"]["request_rate"] == "inf"
     assert results["metrics"]["requests"] == 3
+    # FAST picks engine=tiny, but what ran is the checkpoint: its architecture is what is recorded.
+    model = results["model"]
+    assert (model["n_layer"], model["n_embd"], model["n_head"], model["n_positions"]) == (2, 64, 4, 256)
+    assert model["parameters"] == sum(p.numel() for p in hf_tiny_model.transformer.parameters())
+    assert results["run"]["name"].endswith("-2L64d") and "2-layer 64-wide GPT-2" in proc.stdout
 
     rows = read_outputs(run_dir)
     fox = _tokenizer().encode("The quick brown fox")

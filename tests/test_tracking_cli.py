@@ -69,6 +69,7 @@ def test_profiled_run_lands_with_params_metrics_tags_and_artifacts(tmp_path: Pat
     assert sorted(m.step for m in history) == [0, 1]
     assert "profile/window_ms" in metrics and "throughput_completion_tok_s_std" in metrics
     assert tags["profiled"] == "yes" and tags["mode"] == "online" and tags["device"] == "cpu"
+    assert (params["model.n_layer"], params["model.n_embd"], tags["model"]) == ("2", "64", "tiny")
     assert tags["torch"] and tags["rosebench_version"]
     artifacts = artifact_paths(client, run.info.run_id)
     assert {"results.json", "outputs.jsonl", "hydra/config.yaml", "profile/summary.json"} <= artifacts

@@ -62,6 +62,7 @@ class Engine:
         self.dtype = DTYPES[config.dtype]
         self.eos_token_id = eos_token_id
         model = build_model(config.model, config.weights, config.seed)
+        self.num_parameters = sum(p.numel() for p in model.parameters())  # before prepacking hides weights
         self.model = model.to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)
         if config.prepack and prepack_supported(self.device, self.dtype):
             prepack(self.model, batch_hint=config.max_num_seqs)

@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm import tqdm
@@ -37,6 +38,27 @@ class Setup:
     engine: Engine
     requests: list[Request]
     detokenize: Callable[[list[int]], str]
+
+    def model(self) -> dict[str, Any]:
+        """The architecture that was loaded, which is what runs: a preset's name says nothing about a
+        checkpoint given in engine.weights."""
+        m, weights = self.engine.model_config, self.config.engine.weights
+        short = self.config.engine.model if weights is None else f"{m.n_layer}L{m.n_embd}d"
+        params = f"{self.engine.num_parameters / 1e6:.1f}M params"
+        label = (
+            short if weights is None else f"{m.n_layer}-layer {m.n_embd}-wide GPT-2, {params}, from {weights}"
+        )
+        return {
+            "label": label,
+            "short": short,
+            "weights": weights,
+            "n_layer": m.n_layer,
+            "n_embd": m.n_embd,
+            "n_head": m.n_head,
+            "n_positions": m.n_positions,
+            "vocab_size": m.vocab_size,
+            "parameters": self.engine.num_parameters,
+        }
 
 
 class Interrupted(KeyboardInterrupt):

@@ -33,7 +33,7 @@ def describe_error(error: BaseException) -> str:
 
 
 def mlflow_params(results: RunResults) -> list[Param]:
-    params = config_params(results.config)
+    params = {**config_params(results.config), **config_params({"model": results.model})}
     return [Param(k, v[:MAX_PARAM_VAL_LENGTH]) for k, v in params.items() if len(k) <= MAX_ENTITY_KEY_LENGTH]
 
 
@@ -53,6 +53,7 @@ def mlflow_tags(results: RunResults, run_dir: Path) -> dict[str, str]:
     env, run = results.environment, results.run
     tags = {
         "mode": run.mode,
+        "model": results.model.get("label"),
         "profiled": "yes" if run.profiled else "no",
         "device": env.get("device"),
         "device_name": env.get("device_name"),
