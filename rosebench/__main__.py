@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import sys
 import threading
@@ -23,7 +24,7 @@ from rosebench.conf_dir import conf_dir
 from rosebench.config import ConfigError, RunConfig, load_config, register_configs
 from rosebench.overrides import parse_overrides
 from rosebench.results import ProfileRecord, RunInfo, RunResults
-from rosebench.tracking.settings import TrackingSettings
+from rosebench.tracking.settings import TrackingSettings, redact, redact_logs, redact_uri, uri_password
 
 if TYPE_CHECKING:
     from rosebench.tracking.tracked_run import TrackedRun
@@ -80,6 +81,9 @@ def benchmark(config: RunConfig) -> dict[str, float]:
     from rosebench.runner.environment import environment
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    password = uri_password(config.tracking.uri)
+    redact_logs(password)
+    _scrub_hydra_files(run_dir, password)
     setup = prepare(config)
     if HydraConfig.get().mode == RunMode.MULTIRUN:
         _warn_parallel_launcher()
@@ -90,6 +94,8 @@ def benchmark(config: RunConfig) -> dict[str, float]:
         run=_run_info(config, model["short"]),
         model=model,
     )
+    results.config["tracking"]["uri"] = redact_uri(config.tracking.uri)
+    results.run.overrides = [redact(o, password) for o in results.run.overrides]
     tracked = _tracked_run(config.tracking, run_dir, results.run)
     with tracked or contextlib.nullcontext():
         try:
@@ -137,6 +143,22 @@ def benchmark(config: RunConfig) -> dict[str, float]:
         )
         raise SystemExit(128 + outcome.interrupted.signum)
     return results.metrics
+
+
+def _scrub_hydra_files(run_dir: Path, password: str | None) -> None:
+    """Hydra wrote the overrides, the tracking URI's password included, into .hydra/ (and a sweep's
+    multirun.yaml): take the password out before anything is logged or shared."""
+    if not password:
+        return
+    hc = HydraConfig.get()
+    files = list((run_dir / ".hydra").glob("*.yaml"))
+    if hc.mode == RunMode.MULTIRUN:
+        files.append(Path(hc.sweep.dir) / "multirun.yaml")
+    for path in files:
+        if path.is_file() and password in (text := path.read_text()):
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # parallel jobs share multirun.yaml
+            tmp.write_text(redact(text, password))
+            tmp.replace(path)
 
 
 @contextlib.contextmanager

@@ -1,5 +1,6 @@
 """rosebench.tracking through a real `mlflow server` (HTTP store, proxied artifacts)."""
 
+import gzip
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from cli_helpers import assert_ok, describe, read_results, run_cli
 from mlflow import MlflowClient
 from test_tracking import artifact_paths, make_run_folder
 
@@ -124,3 +126,52 @@ def test_run_folder_through_server(mlflow_server, tmp_path, monkeypatch):
     assert list(Path(tmp_path / "artifacts").rglob("trace_0.json.gz"))
     assert not (tmp_path / "mlruns").exists()
     assert run_exists(client, record["run_id"]) and not run_exists(client, "0" * 32)
+
+
+def _files_containing(root: Path, secret: bytes) -> list[str]:
+    """Every file under `root` holding `secret`, gzipped traces read through."""
+    found = []
+    for path in root.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            if path.suffix == ".gz":
+                data = gzip.decompress(data)
+            if secret in data:
+                found.append(str(path.relative_to(root)))
+    return found
+
+
+def test_password_in_the_tracking_uri_is_written_nowhere(mlflow_server, tmp_path):
+    """A user:password URI connects, and the password appears in no file rosebench or the store wrote, in
+    no output, and nowhere in MLflow (params, tags, artifacts), for a run and for a sweep."""
+    secret = "s3cret-Pw9"
+    uri = mlflow_server.replace("http://", f"http://alice:{secret}@")
+    work = tmp_path / "work"
+    work.mkdir()
+    tiny = [
+        "engine=tiny",
+        "warmup=0",
+        "repeat=1",
+        "num_requests=2",
+        "max_new_tokens=3",
+        f"tracking.uri={uri}",
+    ]
+    single = run_cli(work, *tiny, "profile.enabled=true", "hydra.run.dir=run")
+    sweep = run_cli(work, "--multirun", *tiny, "seed=1,2", "hydra.sweep.dir=sweep")
+    for proc in (single, sweep):
+        assert_ok(proc)
+        assert secret not in proc.stdout + proc.stderr, describe(proc)
+    assert "alice:***@" in single.stdout  # the printed link names the user, not the password
+
+    client = MlflowClient(mlflow_server)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert len(runs) == 4  # the run, the sweep's parent and its two children
+    for run in runs:
+        logged = json.dumps([run.data.params, run.data.tags, run.info.run_name])
+        assert secret not in logged, run.info.run_id
+    record = json.loads((work / "run" / "tracking.json").read_text())
+    assert record["logged"] and record["tracking_uri"] == uri.replace(secret, "***")
+    assert read_results(work / "run")["config"]["tracking"]["uri"] == record["tracking_uri"]
+    assert _files_containing(work, secret.encode()) == []
+    assert _files_containing(tmp_path / "artifacts", secret.encode()) == []
+    assert secret.encode() not in (tmp_path / "server.db").read_bytes()

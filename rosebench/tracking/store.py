@@ -15,13 +15,17 @@ from mlflow.entities import LifecycleStage
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 
+from rosebench.tracking.settings import redact_uri, uri_password
+
 # MLflow 3.17 retries a failed HTTP request 7 times with exponential backoff (minutes through a
 # refused port) and waits 120 s per request. A benchmark whose store is down must give up in seconds
 # and keep its results on disk, so these are the defaults here; a user's own values win.
-FAST_FAIL_HTTP_ENV = {
+# Its own "View run at <URI>" lines repeat the link rosebench prints, and would print a URI's password.
+CLIENT_ENV_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
 }
 
 SWEEP_HANDOFF = "mlflow_sweep.json"
@@ -49,14 +53,16 @@ def sqlite_path(uri: str) -> Path | None:
 
 
 def connect(uri: str) -> MlflowClient:
-    """A client for `uri` whose HTTP calls fail fast when the server is down.
+    """A client for `uri` whose HTTP calls fail fast when the server is down, and that prints nothing.
 
     A SQLite store is created (or its schema migrated) under a file lock beside the database: separate
     processes started at once (a Slurm array, several shells) otherwise race in MLflow's schema set-up
     and all but one lose their runs (8 processes logged 1 run).
     """
-    for name, value in FAST_FAIL_HTTP_ENV.items():
+    for name, value in CLIENT_ENV_DEFAULTS.items():
         os.environ.setdefault(name, value)
+    if uri_password(uri):  # never echo a password, whatever the user's own setting
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     db = sqlite_path(uri)
     if db is None:
         return MlflowClient(tracking_uri=uri)
@@ -105,7 +111,8 @@ def run_exists(client: MlflowClient, run_id: str) -> bool:
 
 
 def ui_hint(uri: str, experiment_id: str, run_id: str) -> str:
-    """One line telling the user where to look at a run."""
+    """One line telling the user where to look at a run (a password in the URI is not shown)."""
+    uri = redact_uri(uri)
     if uri.startswith(("http://", "https://")):
         return f"MLflow run: {uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
     # The 3.17 UI opens experiments on a GenAI page; the runs table is the useful view.

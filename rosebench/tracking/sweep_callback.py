@@ -47,9 +47,13 @@ class MlflowSweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if not self.enabled:
             return
+        from rosebench.tracking.settings import redact_logs, uri_password
+
+        redact_logs(uri_password(self.uri))  # before the launcher echoes each job's overrides
         sweep_dir = Path(config.hydra.sweep.dir)
         overrides = list(OmegaConf.to_container(config.hydra.overrides.task, resolve=False))
         from rosebench.tracking.mlflow_log import describe_error
+        from rosebench.tracking.settings import redact, redact_uri, uri_password
         from rosebench.tracking.store import (
             SweepHandoff,
             connect,
@@ -63,8 +67,10 @@ class MlflowSweepCallback(Callback):
             self.tracking_uri = resolve_tracking_uri(self.uri)
             client = connect(self.tracking_uri)
             experiment_id = get_or_create_experiment(client, self.experiment, self.tracking_uri)
-            self.parent_run_id = create_sweep_parent(client, experiment_id, sweep_dir, overrides)
-            SweepHandoff(self.tracking_uri, experiment_id, self.parent_run_id).write(sweep_dir)
+            password = uri_password(self.tracking_uri)
+            shown = [redact(o, password) for o in overrides]
+            self.parent_run_id = create_sweep_parent(client, experiment_id, sweep_dir, shown)
+            SweepHandoff(redact_uri(self.tracking_uri), experiment_id, self.parent_run_id).write(sweep_dir)
         except Exception as error:
             warnings.warn(
                 f"MLflow sweep parent run not created ({describe_error(error)}); jobs log standalone runs "

@@ -12,7 +12,7 @@ import mlflow
 
 from rosebench.tracking.mlflow_log import describe_error, log_run_folder
 from rosebench.tracking.run_folder import TrackingRecord, read_run
-from rosebench.tracking.settings import TrackingSettings
+from rosebench.tracking.settings import TrackingSettings, redact, redact_uri, uri_password
 from rosebench.tracking.store import SweepHandoff, connect, get_or_create_experiment, resolve_tracking_uri
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,8 @@ class TrackedRun:
         self.run_dir = Path(run_dir)
         self.run_name = run_name
         self.sweep_dir = Path(sweep_dir) if sweep_dir is not None else None
-        self.record = TrackingRecord()
+        self.record = TrackingRecord()  # what tracking.json says: the URI without its password
+        self._uri: str | None = None  # the URI connected to
 
     def __enter__(self) -> TrackedRun:
         self.start()
@@ -60,8 +61,11 @@ class TrackedRun:
 
     def _start(self) -> None:
         handoff = SweepHandoff.read(self.sweep_dir) if self.sweep_dir is not None else None
-        uri = handoff.tracking_uri if handoff else resolve_tracking_uri(self.settings.uri)
-        self.record.tracking_uri = uri
+        own = resolve_tracking_uri(self.settings.uri)
+        # The hand-off names the sweep's store without its password: this job's own URI carries it.
+        uri = own if handoff is None or redact_uri(own) == handoff.tracking_uri else handoff.tracking_uri
+        self._uri = uri
+        self.record.tracking_uri = redact_uri(uri)
         client = connect(uri)
         if handoff:
             experiment_id = handoff.experiment_id
@@ -77,7 +81,9 @@ class TrackedRun:
             parent_run_id=handoff.parent_run_id if handoff else None,
             log_system_metrics=self.settings.system_metrics,
         )
-        self.record = TrackingRecord(tracking_uri=uri, experiment_id=experiment_id, run_id=run.info.run_id)
+        self.record = TrackingRecord(
+            tracking_uri=redact_uri(uri), experiment_id=experiment_id, run_id=run.info.run_id
+        )
 
     def finish(self, status: str | None = None) -> TrackingRecord:
         """Log the folder and end the run with `status` (default: results.json's); write tracking.json."""
@@ -90,9 +96,8 @@ class TrackedRun:
         return self.record
 
     def _log_and_end(self, run_id: str, status: str | None) -> None:
-        uri = self.record.tracking_uri or ""
         try:
-            log_run_folder(self.run_dir, replace(self.settings, uri=uri), run_id=run_id)
+            log_run_folder(self.run_dir, replace(self.settings, uri=self._uri), run_id=run_id)
             mlflow.end_run(status or read_run(self.run_dir).status)
         except KeyboardInterrupt:
             self._end_quietly("KILLED")
@@ -110,9 +115,10 @@ class TrackedRun:
             log.debug("could not end MLflow run: %s", error)
 
     def _warn(self, stage: str, consequence: str, error: Exception) -> None:
-        self.record.error = f"{stage}: {describe_error(error)}"
+        described = redact(describe_error(error), uri_password(self._uri or self.settings.uri))
+        self.record.error = f"{stage}: {described}"
         warnings.warn(
-            f"MLflow tracking failed at {stage} ({describe_error(error)}); {consequence}. Results are kept "
+            f"MLflow tracking failed at {stage} ({described}); {consequence}. Results are kept "
             f"in {self.run_dir}; log them later with: python -m rosebench.upload {self.run_dir}",
             TrackingWarning,
             stacklevel=3,
