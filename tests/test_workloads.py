@@ -8,6 +8,7 @@ import pytest
 
 from rosebench.engine.sequence import SamplingParams
 from rosebench.engine.tokenizer import EOS_TOKEN_ID, load_tokenizer
+from rosebench.scheduler.config import SchedulerConfig
 from rosebench.workload import WORKLOAD_KINDS, WorkloadError, build_workload
 from rosebench.workload.arrivals import arrival_times
 
@@ -255,7 +256,7 @@ def test_arrivals_are_seeded_and_increasing():
     assert all(t > 0 for t in gaps(a))
 
 
-@pytest.mark.parametrize(("rate", "burstiness"), [(0.0, 1.0), (-1.0, 1.0), (1.0, 0.0)])
-def test_arrivals_reject_bad_parameters(rate, burstiness):
-    with pytest.raises(WorkloadError, match="must be > 0"):
-        arrival_times(3, rate, burstiness)
+@pytest.mark.parametrize(("rate", "burstiness"), [(0.0, 1.0), (-1.0, 1.0), (1.0, 0.0), (1.0, math.inf)])
+def test_arrival_parameters_are_checked_by_the_scheduler_config(rate, burstiness):
+    with pytest.raises(ValueError, match=r"^scheduler\.(request_rate|burstiness)=.*must be"):
+        SchedulerConfig(request_rate=rate, burstiness=burstiness)

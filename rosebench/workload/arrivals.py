@@ -5,20 +5,15 @@ from __future__ import annotations
 import math
 import random
 
-from rosebench.workload.errors import WorkloadError
-
 
 def arrival_times(n: int, request_rate: float, burstiness: float = 1.0, seed: int = 0) -> list[float]:
     """Return ``n`` non-decreasing arrival offsets in seconds.
 
     ``request_rate`` is requests per second (``inf``: everything arrives at 0). Gaps between arrivals are
     gamma-distributed with shape ``burstiness`` and mean ``1 / request_rate``: 1 is a Poisson process,
-    below 1 burstier, above 1 more regular. The first request arrives after its own gap.
+    below 1 burstier, above 1 more regular. The first request arrives after its own gap. Both values come
+    checked from ``SchedulerConfig``.
     """
-    if not request_rate > 0:
-        raise WorkloadError(f"request_rate={request_rate}: must be > 0 (inf = all requests at once)")
-    if not burstiness > 0:
-        raise WorkloadError(f"burstiness={burstiness}: must be > 0 (1 = Poisson)")
     if math.isinf(request_rate):
         return [0.0] * n
     rng = random.Random(seed)
