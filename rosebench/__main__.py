@@ -102,7 +102,8 @@ def benchmark(config: RunConfig) -> dict[str, float]:
             outcome = run_passes(setup, run_dir)
         except BaseException:
             results.run.status, results.run.ended_at = "FAILED", _now()
-            results.write(run_dir)  # keep the config and environment of what was attempted
+            with contextlib.suppress(OSError):  # a full disk must not hide the run's own error
+                results.write(run_dir)  # keep the config and environment of what was attempted
             raise
         results.metrics, results.metrics_std = outcome.aggregate()
         results.passes = outcome.pass_metrics
@@ -123,13 +124,30 @@ def benchmark(config: RunConfig) -> dict[str, float]:
             on = f"{setup.engine.device} ({config.engine.dtype})"
             title = f"rosebench {results.run.name}: {model['label']} on {on}"
             print(summary_table(title, results.metrics, results.metrics_std, len(outcome.passes)))
-            write_outputs(run_dir, metrics.request_rows(outcome.passes[-1], setup.detokenize))
         if outcome.profile is not None:
             print(f"profiled pass (untimed, not in the figures above): {run_dir / 'profile'}")
             print(outcome.profile.summary.format())
-        results.write(run_dir)
-    print(f"results: {run_dir / 'results.json'}")
-    if tracked is not None and tracked.record.logged:
+        unwritten = []
+        rows = metrics.request_rows(outcome.passes[-1], setup.detokenize) if outcome.passes else None
+        for name, write in (
+            ("outputs.jsonl", lambda: rows is None or write_outputs(run_dir, rows)),
+            ("results.json", lambda: results.write(run_dir)),
+        ):
+            try:
+                write()
+            except OSError as error:  # a full disk, a folder gone read-only: say so, lose nothing else
+                unwritten.append(f"{run_dir / name} ({error.strerror or error})")
+        if tracked is not None:
+            tracked.results = results  # MLflow gets the figures from memory, whatever reached the disk
+    logged = tracked is not None and tracked.record.logged
+    if tracked is not None and tracked.unwritten:
+        unwritten.append(tracked.unwritten)
+    if unwritten:
+        kept = "they are in MLflow" if logged else "they were not saved anywhere else"
+        print(f"rosebench: error: could not write {'; '.join(unwritten)}; {kept}", file=sys.stderr)
+    else:
+        print(f"results: {run_dir / 'results.json'}")
+    if logged:
         from rosebench.tracking.store import ui_hint
 
         record = tracked.record
@@ -142,6 +160,8 @@ def benchmark(config: RunConfig) -> dict[str, float]:
             file=sys.stderr,
         )
         raise SystemExit(128 + outcome.interrupted.signum)
+    if unwritten:
+        raise SystemExit(1)
     return results.metrics
 
 
@@ -193,6 +213,9 @@ def _tracked_run(tracking: TrackingSettings, run_dir: Path, run: RunInfo) -> Tra
 
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")
 def _hydra_main(cfg: DictConfig) -> dict[str, float]:
+    # Hydra logs into the run folder: on a full disk a failing log handler must not print tracebacks
+    # between the figures and the one line that says what could not be written.
+    logging.raiseExceptions = False
     try:
         config = load_config(cfg)
         with _stop_signals_as_interrupt():

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rosebench.files import write_atomic
 from rosebench.profiling.summary import TraceSummary
 
 RESULTS_FILE = "results.json"
@@ -99,11 +100,7 @@ class RunResults:
 
     def write(self, run_dir: Path) -> Path:
         """Write ``results.json`` atomically: a reader never sees a half-written file."""
-        path = run_dir / RESULTS_FILE
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        tmp.replace(path)
-        return path
+        return write_atomic(run_dir / RESULTS_FILE, json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def read(cls, run_dir: Path) -> RunResults:
@@ -123,8 +120,6 @@ def _json_safe(value: Any) -> Any:
 
 def write_outputs(run_dir: Path, rows: list[dict[str, Any]]) -> Path:
     """``outputs.jsonl``: one line per request of the last timed pass."""
-    path = run_dir / "outputs.jsonl"
-    with path.open("w") as out:
-        for row in rows:
-            out.write(json.dumps(_json_safe(row)) + "\n")
-    return path
+    return write_atomic(
+        run_dir / "outputs.jsonl", "".join(json.dumps(_json_safe(row)) + "\n" for row in rows)
+    )

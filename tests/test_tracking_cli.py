@@ -275,3 +275,115 @@ def test_eight_separate_processes_into_one_fresh_store(tmp_path: Path) -> None:
     assert all(r.data.metrics["requests"] == float(r.data.params["num_requests"]) for r in runs)
     default = client.get_experiment_by_name("Default")
     assert default is None or not client.search_runs([default.experiment_id]), "runs filed under Default"
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A 512 KiB tmpfs: the run folder's disk, to be filled mid-run (needs root, as in CI here)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(disk)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=True)
+
+
+def fill(disk: Path) -> None:
+    with (disk / "filler").open("wb") as out:
+        try:
+            while True:
+                out.write(b"\0" * 65536)
+                out.flush()
+        except OSError:
+            pass
+
+
+def test_full_disk_at_the_end_loses_no_figure(tmp_path: Path, small_disk: Path) -> None:
+    """The disk fills during the timed passes: the table is printed, MLflow gets every figure from memory,
+    one line names the files that could not be written, no half-written file is left; after space is
+    freed, rosebench.upload reports the folder as damaged in one line and logs what is readable."""
+    uri, client = store(tmp_path)
+    run_dir = small_disk / "run"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "rosebench",
+            *TINY,
+            "num_requests=4",
+            "repeat=3",
+            f"tracking.uri={uri}",
+            f"hydra.run.dir={run_dir}",
+        ],
+        cwd=tmp_path,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if line.startswith("rosebench: pass 1/3:"):
+            fill(small_disk)
+            break
+    stdout, rest = proc.communicate(timeout=300)
+    stderr = "".join(seen) + rest
+    assert proc.returncode == 1, stderr[-3000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    [message] = [line for line in stderr.splitlines() if line.startswith("rosebench: error:")]
+    assert f"could not write {run_dir / 'outputs.jsonl'} (No space left on device)" in message
+    assert f"{run_dir / 'results.json'} (No space left on device)" in message
+    assert message.endswith(f"{run_dir / 'tracking.json'} (No space left on device); they are in MLflow")
+    assert "completion throughput (tok/s)" in stdout  # printed before any write was tried
+    assert not (run_dir / "results.json").exists() and not list(run_dir.glob(".*.tmp"))
+
+    [run] = experiment_runs(client)
+    assert run.info.status == "FINISHED" and run.data.metrics["requests"] == 4
+    printed = next(line for line in stdout.splitlines() if line.startswith("completion throughput"))
+    assert run.data.metrics["throughput_completion_tok_s"] == pytest.approx(
+        float(printed.split()[3]), abs=0.06
+    )
+    assert len(client.get_metric_history(run.info.run_id, "pass/throughput_completion_tok_s")) == 3
+
+    (small_disk / "filler").unlink()
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    upload = subprocess.run(
+        [sys.executable, "-m", "rosebench.upload", str(run_dir), "--uri", other],
+        cwd=tmp_path,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert upload.returncode == 0 and "Traceback" not in upload.stderr, upload.stderr[-3000:]
+    [warning] = [line for line in upload.stdout.splitlines() if "warning" in line]
+    assert "results.json: missing" in warning and "logging the config and files only" in warning
+    [uploaded] = experiment_runs(MlflowClient(other))
+    assert uploaded.info.status == "FAILED" and uploaded.data.params["num_requests"] == "4"
+
+
+def test_upload_of_a_truncated_results_file_says_so_in_one_line(tmp_path: Path) -> None:
+    proc = run_cli(tmp_path, *TINY, "repeat=1", "num_requests=2", "tracking=off", "hydra.run.dir=run")
+    assert_ok(proc)
+    results = tmp_path / "run" / "results.json"
+    results.write_text(results.read_text()[:100])  # as an old rosebench left it on a full disk
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    upload = subprocess.run(
+        [sys.executable, "-m", "rosebench.upload", str(tmp_path / "run"), "--uri", uri],
+        cwd=tmp_path,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert upload.returncode == 0 and "Traceback" not in upload.stderr, upload.stderr[-3000:]
+    [warning] = [line for line in upload.stdout.splitlines() if "warning" in line]
+    assert "results.json: damaged (JSONDecodeError" in warning
+    [run] = experiment_runs(MlflowClient(uri))
+    assert run.info.status == "FAILED" and run.data.params["num_requests"] == "2"

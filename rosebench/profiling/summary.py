@@ -27,6 +27,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rosebench.files import write_atomic
+
 LABEL_PREFIX = "rosebench."
 DECODE_LABEL = "rosebench.engine.decode"
 STEP_PREFIX = "ProfilerStep#"
@@ -77,7 +79,7 @@ class TraceSummary:
         return cls(**{**data, "labels": labels})
 
     def write(self, path: Path) -> None:
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        write_atomic(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     def metrics(self) -> dict[str, float]:
         """Flat names (``device_idle_fraction``, ``label_engine_decode_ms``, ...); None figures left out."""

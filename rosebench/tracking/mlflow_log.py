@@ -109,16 +109,19 @@ def log_run_folder(
     experiment_id: str | None = None,
     *,
     run_id: str | None = None,
+    results: RunResults | None = None,
 ) -> str:
     """Log everything in `run_dir` and return the run id.
 
     Without `run_id` a new run is created (a child of `parent_run_id` if given) with the folder's
     name, times and end status. With `run_id`, the folder is logged into that live run, whose owner ends it.
+    Params, metrics and tags come from `results` when given (the runner's, in memory: a full disk may have
+    kept results.json from being written), else from the folder's results.json; artifacts from the folder.
     """
     run_dir = Path(run_dir)
     uri = resolve_tracking_uri(settings.uri)
     client = connect(uri)
-    results = read_run(run_dir)
+    results = results or read_run(run_dir)
     if run_id is not None:
         _log_into(client, run_id, run_dir, results, settings.artifacts)
         return run_id

@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from rosebench.files import write_atomic
 from rosebench.results import RESULTS_FILE, RunInfo, RunResults
 
 TRACKING_RECORD = "tracking.json"
@@ -26,7 +27,7 @@ class TrackingRecord:
     error: str | None = None
 
     def write(self, run_dir: Path) -> None:
-        (run_dir / TRACKING_RECORD).write_text(json.dumps(asdict(self), indent=2) + "\n")
+        write_atomic(run_dir / TRACKING_RECORD, json.dumps(asdict(self), indent=2) + "\n")
 
     @classmethod
     def read(cls, run_dir: Path) -> TrackingRecord | None:
@@ -46,11 +47,22 @@ def find_run_folders(root: Path) -> list[Path]:
     return sorted(d for d in dirs if is_run_folder(d))
 
 
+def read_results(run_dir: Path) -> tuple[RunResults | None, str | None]:
+    """The folder's results.json, or None and why it cannot be read (missing, empty, truncated, not ours)."""
+    try:
+        return RunResults.read(run_dir), None
+    except FileNotFoundError:
+        return None, f"{run_dir / RESULTS_FILE}: missing (the run ended before writing it)"
+    except (OSError, ValueError, KeyError, TypeError) as error:  # JSONDecodeError is a ValueError
+        return None, f"{run_dir / RESULTS_FILE}: damaged ({type(error).__name__}: {error})"
+
+
 def read_run(run_dir: Path) -> RunResults:
-    """results.json; without it (run killed early) a FAILED run with the config from .hydra, so that
-    its params still log."""
-    if (run_dir / RESULTS_FILE).is_file():
-        return RunResults.read(run_dir)
+    """results.json; when it is missing or damaged, a FAILED run with the config from .hydra, so that
+    what is readable still logs."""
+    results, _ = read_results(run_dir)
+    if results is not None:
+        return results
     hydra_config = run_dir / ".hydra" / "config.yaml"
     config = (yaml.safe_load(hydra_config.read_text()) or {}) if hydra_config.is_file() else {}
     return RunResults(config=config, environment={}, run=RunInfo(name=run_dir.name, status="FAILED"))

@@ -10,6 +10,7 @@ from typing import Any
 
 import mlflow
 
+from rosebench.results import RunResults
 from rosebench.tracking.mlflow_log import describe_error, log_run_folder
 from rosebench.tracking.run_folder import TrackingRecord, read_run
 from rosebench.tracking.settings import TrackingSettings, redact, redact_uri, uri_password
@@ -40,6 +41,8 @@ class TrackedRun:
         self.sweep_dir = Path(sweep_dir) if sweep_dir is not None else None
         self.record = TrackingRecord()  # what tracking.json says: the URI without its password
         self._uri: str | None = None  # the URI connected to
+        self.results: RunResults | None = None  # set by the runner: logged from memory, not from the folder
+        self.unwritten: str | None = None  # tracking.json, when the folder could not take it
 
     def __enter__(self) -> TrackedRun:
         self.start()
@@ -91,14 +94,20 @@ class TrackedRun:
             if self.record.run_id is not None:
                 self._log_and_end(self.record.run_id, status)
         finally:
-            if self.run_dir.is_dir():  # never mask the benchmark's own error with ours
-                self.record.write(self.run_dir)
+            try:
+                if self.run_dir.is_dir():
+                    self.record.write(self.run_dir)
+            except OSError as error:  # never mask the benchmark's own error with ours; the caller says it
+                self.unwritten = f"{self.run_dir / 'tracking.json'} ({error.strerror or error})"
         return self.record
 
     def _log_and_end(self, run_id: str, status: str | None) -> None:
         try:
-            log_run_folder(self.run_dir, replace(self.settings, uri=self._uri), run_id=run_id)
-            mlflow.end_run(status or read_run(self.run_dir).status)
+            results = self.results or read_run(self.run_dir)
+            log_run_folder(
+                self.run_dir, replace(self.settings, uri=self._uri), run_id=run_id, results=results
+            )
+            mlflow.end_run(status or results.status)
         except KeyboardInterrupt:
             self._end_quietly("KILLED")
             raise

@@ -13,8 +13,8 @@ from mlflow import MlflowClient
 from omegaconf import OmegaConf
 
 from rosebench.tracking.mlflow_log import log_run_folder
-from rosebench.tracking.run_folder import TrackingRecord, find_run_folders, is_run_folder
-from rosebench.tracking.settings import TrackingSettings
+from rosebench.tracking.run_folder import TrackingRecord, find_run_folders, is_run_folder, read_results
+from rosebench.tracking.settings import TrackingSettings, redact_uri
 from rosebench.tracking.store import (
     SweepHandoff,
     connect,
@@ -38,8 +38,14 @@ def upload_run(
     client: MlflowClient, uri: str, run_dir: Path, experiment_id: str, parent_run_id: str | None = None
 ) -> str:
     """Log one run folder as a new run and record it in the folder's tracking.json."""
+    _, problem = read_results(run_dir)
+    if problem is not None:  # what is readable still logs: the config, the artifacts, status FAILED
+        print(f"rosebench.upload: warning: {problem}; logging the config and files only, as FAILED")
     run_id = log_run_folder(run_dir, TrackingSettings(uri=uri), parent_run_id, experiment_id)
-    TrackingRecord(logged=True, tracking_uri=uri, experiment_id=experiment_id, run_id=run_id).write(run_dir)
+    record = TrackingRecord(
+        logged=True, tracking_uri=redact_uri(uri), experiment_id=experiment_id, run_id=run_id
+    )
+    record.write(run_dir)
     print(f"logged {run_dir} as run {run_id}")
     return run_id
 
