@@ -7,9 +7,7 @@ import logging
 import os
 import signal
 import sys
-import threading
 import warnings
-from collections.abc import Iterator
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,6 +22,7 @@ from rosebench.conf_dir import conf_dir
 from rosebench.config import ConfigError, RunConfig, load_config, register_configs
 from rosebench.overrides import parse_overrides
 from rosebench.results import ProfileRecord, RunInfo, RunResults
+from rosebench.signals import STOP_MARK, stop_signals_as_interrupt
 from rosebench.tracking.settings import TrackingSettings, redact, redact_logs, redact_uri, uri_password
 
 if TYPE_CHECKING:
@@ -80,7 +79,11 @@ def benchmark(config: RunConfig) -> dict[str, float]:
     from rosebench.runner.console import summary_table
     from rosebench.runner.environment import environment
 
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    hc = HydraConfig.get()
+    if hc.mode == RunMode.MULTIRUN and (Path(hc.sweep.dir) / STOP_MARK).exists():
+        print("rosebench: the sweep was stopped; this point does not start", file=sys.stderr)
+        raise SystemExit(128 + signal.SIGTERM)
+    run_dir = Path(hc.runtime.output_dir)
     password = uri_password(config.tracking.uri)
     redact_logs(password)
     _scrub_hydra_files(run_dir, password)
@@ -181,26 +184,6 @@ def _scrub_hydra_files(run_dir: Path, password: str | None) -> None:
             tmp.replace(path)
 
 
-@contextlib.contextmanager
-def _stop_signals_as_interrupt() -> Iterator[None]:
-    """Slurm and job runners stop a job with SIGTERM: end it like Ctrl-C, so that the finished passes are
-    kept and the MLflow run is marked KILLED rather than left RUNNING."""
-    from rosebench.runner.benchmark import Interrupted
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise Interrupted(signum)
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, interrupt), signal.signal(signal.SIGINT, interrupt)
-    try:
-        yield
-    finally:  # a pooled worker (joblib) must stay stoppable
-        signal.signal(signal.SIGTERM, previous[0])
-        signal.signal(signal.SIGINT, previous[1])
-
-
 def _tracked_run(tracking: TrackingSettings, run_dir: Path, run: RunInfo) -> TrackedRun | None:
     """The MLflow run around the passes, or None with tracking off (then MLflow is never imported)."""
     if not tracking.enabled:
@@ -218,7 +201,7 @@ def _hydra_main(cfg: DictConfig) -> dict[str, float]:
     logging.raiseExceptions = False
     try:
         config = load_config(cfg)
-        with _stop_signals_as_interrupt():
+        with stop_signals_as_interrupt():
             return benchmark(config)
     except ConfigError as error:
         print(f"rosebench: error: {error}", file=sys.stderr)
@@ -234,7 +217,16 @@ def _hydra_main(cfg: DictConfig) -> dict[str, float]:
 
 
 def main() -> None:
-    _hydra_main()
+    # A sweep's launcher stopped by Ctrl-C or SIGTERM marks the sweep stopped (no new point starts; see
+    # MlflowSweepCallback), passes the signal to its workers (each keeps its finished passes) and its exit
+    # hook closes the MLflow runs KILLED.
+    try:
+        with stop_signals_as_interrupt():
+            _hydra_main()
+    except KeyboardInterrupt as stop:
+        signum = getattr(stop, "signum", signal.SIGINT)
+        print(f"rosebench: stopped by {signal.Signals(signum).name}", file=sys.stderr)
+        sys.exit(128 + signum)
 
 
 if __name__ == "__main__":

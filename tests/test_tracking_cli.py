@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -38,8 +40,8 @@ def artifact_paths(client: MlflowClient, run_id: str, path: str | None = None) -
 
 def sweep_dir(cwd: Path) -> Path:
     [day] = (cwd / "outputs" / "multirun").iterdir()
-    [time] = day.iterdir()
-    return time
+    [started] = day.iterdir()
+    return started
 
 
 def test_profiled_run_lands_with_params_metrics_tags_and_artifacts(tmp_path: Path) -> None:
@@ -387,3 +389,86 @@ def test_upload_of_a_truncated_results_file_says_so_in_one_line(tmp_path: Path) 
     assert "results.json: damaged (JSONDecodeError" in warning
     [run] = experiment_runs(MlflowClient(uri))
     assert run.info.status == "FAILED" and run.data.params["num_requests"] == "2"
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL])
+def test_stopping_a_parallel_sweep(tmp_path: Path, stop: int) -> None:
+    """A 4-point hydra/launcher=parallel sweep stopped while its 2 workers run. SIGTERM to the launcher:
+    the workers stop with it, the parent and the started children end KILLED, exit 143. SIGKILL to every
+    process (nothing can run then): rosebench.upload of the sweep folder names the points that never ran,
+    ends the children the store still shows RUNNING (no duplicate) and closes the parent."""
+    uri, client = store(tmp_path)
+    sweep = [
+        *TINY,
+        "repeat=100000",
+        "num_requests=2",
+        "seed=1,2,3,4",
+        f"tracking.uri={uri}",
+        "hydra.sweep.dir=sweep",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rosebench", "--multirun", "hydra/launcher=parallel", *sweep],
+        cwd=tmp_path,
+        env=cli_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        children: list = []
+        while len(children) < 2 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(1)
+            if (tmp_path / "mlflow.db").exists() and client.get_experiment_by_name("rosebench"):
+                children = [r for r in experiment_runs(client) if "rosebench_sweep_parent" not in r.data.tags]
+        assert len(children) == 2, "the two workers did not start their runs"
+        time.sleep(3)  # a few timed passes each
+        if stop == signal.SIGTERM:
+            proc.send_signal(stop)
+        else:
+            os.killpg(proc.pid, stop)
+        _, stderr = proc.communicate(timeout=120)
+        deadline = time.monotonic() + 30
+        while _group_alive(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not _group_alive(proc.pid), "sweep workers outlived their launcher"
+    finally:
+        if _group_alive(proc.pid):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+
+    runs = experiment_runs(client)
+    [parent] = [r for r in runs if "rosebench_sweep_parent" in r.data.tags]
+    children = [r for r in runs if r is not parent]
+    if stop == signal.SIGTERM:
+        assert proc.returncode == 143, stderr[-3000:]
+        assert "rosebench: stopped by SIGTERM" in stderr and "Traceback" not in stderr, stderr[-3000:]
+        assert parent.info.status == "KILLED"
+        assert [r.info.status for r in children] == ["KILLED", "KILLED"]
+        assert all(r.data.metrics["requests"] == 2 for r in children), "the finished passes were not logged"
+    else:
+        assert parent.info.status == "RUNNING" and {r.info.status for r in children} == {"RUNNING"}
+
+    upload = subprocess.run(
+        [sys.executable, "-m", "rosebench.upload", str(tmp_path / "sweep"), "--uri", uri],
+        cwd=tmp_path,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert upload.returncode == 0 and "Traceback" not in upload.stderr, upload.stderr[-3000:]
+    [never] = [line for line in upload.stdout.splitlines() if line.startswith("never ran")]
+    assert never == "never ran (2 of 4 points): seed=3; seed=4", upload.stdout
+    after = experiment_runs(client)
+    assert len(after) == 3, "the upload duplicated a child"
+    assert {r.info.status for r in after} <= {"KILLED", "FAILED"}, [r.info.status for r in after]

@@ -27,6 +27,7 @@ from rosebench.scheduler.base import BatchScheduler
 from rosebench.scheduler.offline import OfflineScheduler
 from rosebench.scheduler.online import OnlineScheduler
 from rosebench.scheduler.records import PassResult
+from rosebench.signals import Interrupted
 from rosebench.workload import Request, build_workload
 
 SCHEDULERS: dict[str, type[BatchScheduler]] = {"offline": OfflineScheduler, "online": OnlineScheduler}
@@ -59,14 +60,6 @@ class Setup:
             "vocab_size": m.vocab_size,
             "parameters": self.engine.num_parameters,
         }
-
-
-class Interrupted(KeyboardInterrupt):
-    """Ctrl-C or a stop signal (Slurm's SIGTERM) during the run; the exit code is 128 + ``signum``."""
-
-    def __init__(self, signum: int = signal.SIGINT) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
 
 
 @dataclass

@@ -22,6 +22,7 @@ from rosebench.tracking.store import connect, get_or_create_experiment, resolve_
 PASS_PREFIX = "pass/"
 PROFILE_PREFIX = "profile/"
 STD_SUFFIX = "_std"
+RUN_DIR_TAG = "run_dir"  # the run folder a run was logged from, set as the run starts
 
 
 def describe_error(error: BaseException) -> str:
@@ -70,7 +71,7 @@ def mlflow_tags(results: RunResults, run_dir: Path) -> dict[str, str]:
         "hydra_job_num": run.job_num,
         "hydra_overrides": json.dumps(run.overrides),
         "sweep_dir": run.sweep_dir,
-        "run_dir": str(run_dir.resolve()),
+        RUN_DIR_TAG: str(run_dir.resolve()),
     }
     return {k: str(v)[:MAX_TAG_VAL_LENGTH] for k, v in tags.items() if v is not None}
 

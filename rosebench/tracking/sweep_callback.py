@@ -45,6 +45,10 @@ class MlflowSweepCallback(Callback):
         self.parent_run_id: str | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from rosebench import signals
+
+        stop_mark = Path(config.hydra.sweep.dir) / signals.STOP_MARK
+        signals.on_stop(lambda: stop_mark.touch() if stop_mark.parent.is_dir() else None)  # tracking or not
         if not self.enabled:
             return
         from rosebench.tracking.settings import redact_logs, uri_password
@@ -97,16 +101,21 @@ class MlflowSweepCallback(Callback):
             return
         from mlflow.entities import RunStatus
 
+        from rosebench import signals
         from rosebench.tracking.store import connect
-        from rosebench.tracking.sweep_parent import close_sweep_parent
+        from rosebench.tracking.sweep_parent import close_sweep_parent, end_running_children
 
         try:
             client = connect(self.tracking_uri)
             if client.get_run(self.parent_run_id).info.status != RunStatus.to_string(RunStatus.RUNNING):
                 return
-            # An uncaught Ctrl-C is the interpreter's last exception when exit hooks run.
-            interrupted = getattr(sys, "last_type", None) is KeyboardInterrupt
-            close_sweep_parent(client, self.parent_run_id, "KILLED" if interrupted else "FAILED")
+            # Stopped by a signal (rosebench.signals saw it), or an uncaught Ctrl-C.
+            interrupted = (
+                signals.stopped_by is not None or getattr(sys, "last_type", None) is KeyboardInterrupt
+            )
+            status = "KILLED" if interrupted else "FAILED"
+            end_running_children(client, self.parent_run_id, status)  # workers stopped with the launcher
+            close_sweep_parent(client, self.parent_run_id, status)
         except Exception as error:  # at exit there is no one left to raise to
             print(
                 f"rosebench: could not close MLflow sweep run {self.parent_run_id}: {error}", file=sys.stderr

@@ -34,6 +34,16 @@ def create_sweep_parent(
     return run.info.run_id
 
 
+def end_running_children(client: MlflowClient, parent_run_id: str, status: str) -> list[str]:
+    """End the children still RUNNING (their processes are gone) with `status`; returns their names."""
+    ended = []
+    for run in child_runs(client, parent_run_id):
+        if run.info.status == "RUNNING":
+            client.set_terminated(run.info.run_id, status)
+            ended.append(run.info.run_name or run.info.run_id)
+    return ended
+
+
 def close_sweep_parent(client: MlflowClient, parent_run_id: str, status: str | None = None) -> str:
     """Log the children table and plots to the parent and end it; returns the status it ended with.
 

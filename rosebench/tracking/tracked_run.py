@@ -11,7 +11,7 @@ from typing import Any
 import mlflow
 
 from rosebench.results import RunResults
-from rosebench.tracking.mlflow_log import describe_error, log_run_folder
+from rosebench.tracking.mlflow_log import RUN_DIR_TAG, describe_error, log_run_folder
 from rosebench.tracking.run_folder import TrackingRecord, read_run
 from rosebench.tracking.settings import TrackingSettings, redact, redact_uri, uri_password
 from rosebench.tracking.store import SweepHandoff, connect, get_or_create_experiment, resolve_tracking_uri
@@ -83,6 +83,7 @@ class TrackedRun:
             run_name=self.run_name,
             parent_run_id=handoff.parent_run_id if handoff else None,
             log_system_metrics=self.settings.system_metrics,
+            tags={RUN_DIR_TAG: str(self.run_dir.resolve())},  # a later upload finds a run killed mid-way
         )
         self.record = TrackingRecord(
             tracking_uri=redact_uri(uri), experiment_id=experiment_id, run_id=run.info.run_id

@@ -1,0 +1,67 @@
+"""Ctrl-C and stop signals (Slurm's SIGTERM, `kill`) as one exception, so that every process of a run
+or a sweep ends the same way: finished work kept, MLflow runs KILLED, exit code 128 + signal number."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Callable, Iterator
+
+import psutil
+
+# The signal that stopped this process, for exit hooks that run after the exception is gone.
+stopped_by: int | None = None
+_on_stop: list[Callable[[], None]] = []
+STOP_MARK = "STOPPED"  # in a sweep folder: the launcher was stopped, jobs not yet started must not start
+
+
+def on_stop(callback: Callable[[], None]) -> None:
+    """Run ``callback`` first thing when a stop signal arrives (before the children are told)."""
+    _on_stop.append(callback)
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or a stop signal; the exit code is 128 + ``signum``."""
+
+    def __init__(self, signum: int = signal.SIGINT) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+CHILDREN_GRACE_S = 60.0  # how long a sweep's workers get to keep their finished passes
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    global stopped_by
+    stopped_by = signum
+    for callback in _on_stop:
+        callback()
+    _stop_children(signum)
+    raise Interrupted(signum)
+
+
+def _stop_children(signum: int) -> None:
+    """Pass the signal on to this process's children (a parallel sweep's workers) and wait for them, so
+    that each keeps its finished passes and ends its MLflow run before the launcher goes (joblib would
+    otherwise kill them outright)."""
+    children = psutil.Process().children()
+    for child in children:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.send_signal(signum)
+    psutil.wait_procs(children, timeout=CHILDREN_GRACE_S)
+
+
+@contextlib.contextmanager
+def stop_signals_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGINT and SIGTERM raise ``Interrupted`` in the main thread; the previous
+    handlers come back after it (a pooled worker, joblib's, must stay stoppable)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _interrupt), signal.signal(signal.SIGINT, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous[0])
+        signal.signal(signal.SIGINT, previous[1])
