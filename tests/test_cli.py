@@ -306,6 +306,36 @@ def test_one_output_token_leaves_decode_figures_unmeasured(tmp_path: Path) -> No
     assert any(line.startswith("mean batch size") and line.split()[-1] == "-" for line in table), proc.stdout
 
 
+def test_slow_online_pass_is_never_silent(tmp_path: Path) -> None:
+    """Off a terminal (a log file, Slurm) a long pass says how long its arrivals span, then reports every
+    10 s: 3 requests at 0.15/s arrive over ~20 s."""
+    proc = run_cli(
+        tmp_path, *FAST, "mode=online", "scheduler.request_rate=0.15", "num_requests=3", "max_new_tokens=2"
+    )
+    assert_ok(proc)
+    lines = proc.stderr.splitlines()
+    [span] = [line for line in lines if "arriving over" in line]
+    assert span.startswith("rosebench: each pass: 3 requests arriving over ") and "request_rate=0.15" in span
+    progress = [
+        line for line in lines if line.startswith("rosebench: pass 1/1: ") and "requests done" in line
+    ]
+    seconds = float(span.split("arriving over ")[1].split(" s")[0])
+    assert len(progress) >= int(seconds // 10), proc.stderr
+
+
+def test_failing_profiled_pass_keeps_the_timed_figures(tmp_path: Path) -> None:
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "profile").write_text("a file where the profile folder goes")
+    proc = run_cli(
+        tmp_path, *FAST, "num_requests=2", "max_new_tokens=4", "profile.enabled=true", "hydra.run.dir=run"
+    )
+    assert_ok(proc)
+    results = read_results(tmp_path / "run")
+    assert results["run"]["status"] == "FINISHED" and results["metrics"]["requests"] == 2
+    assert results["profile"] is None and results["run"]["profile_error"].startswith("FileExistsError")
+    assert "profiled pass failed (FileExistsError" in proc.stderr
+
+
 def test_profile_enabled_writes_trace_and_profile_block(tmp_path: Path) -> None:
     proc = run_cli(
         tmp_path,
