@@ -14,6 +14,7 @@ import pytest
 from cli_helpers import assert_ok, cli_env, describe, read_results, run_cli
 from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+from test_tracking_server import group_alive
 
 pytestmark = pytest.mark.slow
 
@@ -29,6 +30,18 @@ def experiment_runs(client: MlflowClient, name: str = "rosebench") -> list:
     experiment = client.get_experiment_by_name(name)
     assert experiment is not None, f"experiment {name!r} was not created"
     return client.search_runs([experiment.experiment_id])
+
+
+def run_upload(cwd: Path, folder: Path | str, uri: str) -> subprocess.CompletedProcess[str]:
+    """``python -m rosebench.upload FOLDER --uri URI`` in a subprocess."""
+    return subprocess.run(
+        [sys.executable, "-m", "rosebench.upload", str(folder), "--uri", uri],
+        cwd=cwd,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def artifact_paths(client: MlflowClient, run_id: str, path: str | None = None) -> set[str]:
@@ -175,14 +188,7 @@ def test_unreachable_store_keeps_the_run_then_upload_logs_it(tmp_path: Path) -> 
     ).read_text()
 
     uri, client = store(tmp_path)
-    upload = subprocess.run(
-        [sys.executable, "-m", "rosebench.upload", str(run_dir), "--uri", uri],
-        cwd=tmp_path,
-        env=cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    upload = run_upload(tmp_path, str(run_dir), uri)
     assert upload.returncode == 0, upload.stderr
     [run] = experiment_runs(client)
     assert run.data.metrics["requests"] == 2 and run.info.status == "FINISHED"
@@ -355,14 +361,7 @@ def test_full_disk_at_the_end_loses_no_figure(tmp_path: Path, small_disk: Path) 
 
     (small_disk / "filler").unlink()
     other = f"sqlite:///{tmp_path / 'other.db'}"
-    upload = subprocess.run(
-        [sys.executable, "-m", "rosebench.upload", str(run_dir), "--uri", other],
-        cwd=tmp_path,
-        env=cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    upload = run_upload(tmp_path, str(run_dir), other)
     assert upload.returncode == 0 and "Traceback" not in upload.stderr, upload.stderr[-3000:]
     [warning] = [line for line in upload.stdout.splitlines() if "warning" in line]
     assert "results.json: missing" in warning and "logging the config and files only" in warning
@@ -376,27 +375,12 @@ def test_upload_of_a_truncated_results_file_says_so_in_one_line(tmp_path: Path) 
     results = tmp_path / "run" / "results.json"
     results.write_text(results.read_text()[:100])  # as an old rosebench left it on a full disk
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    upload = subprocess.run(
-        [sys.executable, "-m", "rosebench.upload", str(tmp_path / "run"), "--uri", uri],
-        cwd=tmp_path,
-        env=cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    upload = run_upload(tmp_path, str(tmp_path / "run"), uri)
     assert upload.returncode == 0 and "Traceback" not in upload.stderr, upload.stderr[-3000:]
     [warning] = [line for line in upload.stdout.splitlines() if "warning" in line]
     assert "results.json: damaged (JSONDecodeError" in warning
     [run] = experiment_runs(MlflowClient(uri))
     assert run.info.status == "FAILED" and run.data.params["num_requests"] == "2"
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL])
@@ -438,11 +422,11 @@ def test_stopping_a_parallel_sweep(tmp_path: Path, stop: int) -> None:
             os.killpg(proc.pid, stop)
         _, stderr = proc.communicate(timeout=120)
         deadline = time.monotonic() + 30
-        while _group_alive(proc.pid) and time.monotonic() < deadline:
+        while group_alive(proc.pid) and time.monotonic() < deadline:
             time.sleep(0.5)
-        assert not _group_alive(proc.pid), "sweep workers outlived their launcher"
+        assert not group_alive(proc.pid), "sweep workers outlived their launcher"
     finally:
-        if _group_alive(proc.pid):
+        if group_alive(proc.pid):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
 
@@ -458,14 +442,7 @@ def test_stopping_a_parallel_sweep(tmp_path: Path, stop: int) -> None:
     else:
         assert parent.info.status == "RUNNING" and {r.info.status for r in children} == {"RUNNING"}
 
-    upload = subprocess.run(
-        [sys.executable, "-m", "rosebench.upload", str(tmp_path / "sweep"), "--uri", uri],
-        cwd=tmp_path,
-        env=cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    upload = run_upload(tmp_path, str(tmp_path / "sweep"), uri)
     assert upload.returncode == 0 and "Traceback" not in upload.stderr, upload.stderr[-3000:]
     [never] = [line for line in upload.stdout.splitlines() if line.startswith("never ran")]
     assert never == "never ran (2 of 4 points): seed=3; seed=4", upload.stdout
