@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,6 +27,7 @@ from rosebench.signals import STOP_MARK, stop_signals_as_interrupt
 from rosebench.tracking.settings import TrackingSettings, redact, redact_logs, redact_uri, uri_password
 
 if TYPE_CHECKING:
+    from rosebench.runner.benchmark import Outcome
     from rosebench.tracking.tracked_run import TrackedRun
 
 log = logging.getLogger("rosebench")
@@ -108,21 +110,7 @@ def benchmark(config: RunConfig) -> dict[str, float]:
             with contextlib.suppress(OSError):  # a full disk must not hide the run's own error
                 results.write(run_dir)  # keep the config and environment of what was attempted
             raise
-        results.metrics, results.metrics_std = outcome.aggregate()
-        results.passes = outcome.pass_metrics
-        if outcome.profile is not None:
-            results.profile = ProfileRecord(
-                summary=outcome.profile.summary,
-                traces=[str(p.relative_to(run_dir)) for p in outcome.profile.traces],
-                steps=outcome.profile.steps,
-                warnings=outcome.profile.warnings,
-            )
-        results.run.status = "KILLED" if outcome.interrupted else "FINISHED"
-        results.run.ended_at = _now()
-        results.run.interrupted_during, results.run.profile_error = (
-            outcome.interrupted_during,
-            outcome.profile_error,
-        )
+        _record(results, outcome, run_dir)
         if outcome.passes:  # printed before any file is written: a full disk must not hide the figures
             on = f"{setup.engine.device} ({config.engine.dtype})"
             title = f"rosebench {results.run.name}: {model['label']} on {on}"
@@ -131,15 +119,10 @@ def benchmark(config: RunConfig) -> dict[str, float]:
             print(f"profiled pass (untimed, not in the figures above): {run_dir / 'profile'}")
             print(outcome.profile.summary.format())
         unwritten = []
-        rows = metrics.request_rows(outcome.passes[-1], setup.detokenize) if outcome.passes else None
-        for name, write in (
-            ("outputs.jsonl", lambda: rows is None or write_outputs(run_dir, rows)),
-            ("results.json", lambda: results.write(run_dir)),
-        ):
-            try:
-                write()
-            except OSError as error:  # a full disk, a folder gone read-only: say so, lose nothing else
-                unwritten.append(f"{run_dir / name} ({error.strerror or error})")
+        if outcome.passes:
+            rows = metrics.request_rows(outcome.passes[-1], setup.detokenize)
+            _try_write(run_dir / "outputs.jsonl", lambda: write_outputs(run_dir, rows), unwritten)
+        _try_write(run_dir / "results.json", lambda: results.write(run_dir), unwritten)
         if tracked is not None:
             tracked.results = results  # MLflow gets the figures from memory, whatever reached the disk
     logged = tracked is not None and tracked.record.logged
@@ -166,6 +149,30 @@ def benchmark(config: RunConfig) -> dict[str, float]:
     if unwritten:
         raise SystemExit(1)
     return results.metrics
+
+
+def _record(results: RunResults, outcome: Outcome, run_dir: Path) -> None:
+    """What the passes produced, into the run's results: figures over the finished timed passes."""
+    results.metrics, results.metrics_std = outcome.aggregate()
+    results.passes = outcome.pass_metrics
+    if outcome.profile is not None:
+        results.profile = ProfileRecord(
+            summary=outcome.profile.summary,
+            traces=[str(p.relative_to(run_dir)) for p in outcome.profile.traces],
+            steps=outcome.profile.steps,
+            warnings=outcome.profile.warnings,
+        )
+    run = results.run
+    run.status, run.ended_at = ("KILLED" if outcome.interrupted else "FINISHED"), _now()
+    run.interrupted_during, run.profile_error = outcome.interrupted_during, outcome.profile_error
+
+
+def _try_write(path: Path, write: Callable[[], object], unwritten: list[str]) -> None:
+    """A full disk or a folder gone read-only costs that one file, named in ``unwritten`` with why."""
+    try:
+        write()
+    except OSError as error:
+        unwritten.append(f"{path} ({error.strerror or error})")
 
 
 def _scrub_hydra_files(run_dir: Path, password: str | None) -> None:
