@@ -415,6 +415,11 @@ BAD = {
     # 0 must be an error, not read as "unset" (null means: derive from the run).
     "max_num_seqs=0": (["engine.max_num_seqs=0"], ["engine.max_num_seqs=0", ">= 1"], True),
     "seed=2**64": (["seed=18446744073709551616"], ["seed=18446744073709551616", "[0, 2**32)"], True),
+    "engine.seed=2**70": (
+        ["engine.seed=1180591620717411303424"],
+        ["engine.seed=1180591620717411303424"],
+        True,
+    ),
     "sampling.seed=-1": (["sampling.seed=-1"], ["sampling.seed=-1", "[0, 2**32)"], True),
     "temperature=inf": (["sampling.temperature=inf"], ["sampling.temperature=inf", "finite"], True),
     "temperature=nan": (["sampling.temperature=nan"], ["sampling.temperature=nan", "finite"], True),

@@ -95,3 +95,5 @@ class EngineConfig:
         _at_least_one("engine.max_num_seqs", self.max_num_seqs)
         _at_least_one("engine.max_model_len", self.max_model_len)
         _at_least_one("engine.num_threads", self.num_threads)
+        if not 0 <= self.seed < 2**32:
+            raise ValueError(f"engine.seed={self.seed}: must be in [0, 2**32)")
