@@ -90,7 +90,7 @@ def benchmark(config: RunConfig) -> dict[str, float]:
     redact_logs(password)
     _scrub_hydra_files(run_dir, password)
     setup = prepare(config)
-    if HydraConfig.get().mode == RunMode.MULTIRUN:
+    if hc.mode == RunMode.MULTIRUN:
         _warn_parallel_launcher()
     model = setup.model()
     results = RunResults(

@@ -39,6 +39,20 @@ def run_cli(
     )
 
 
+def start_cli(cwd: Path, *args: str, stdout: int = subprocess.PIPE, **popen: Any) -> subprocess.Popen[str]:
+    """``python -m rosebench ARGS`` started in the background (to signal it, or to start several at once);
+    stderr is a pipe to read line by line."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "rosebench", *args],
+        cwd=cwd,
+        env=cli_env(),
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        text=True,
+        **popen,
+    )
+
+
 def describe(proc: subprocess.CompletedProcess[str]) -> str:
     return (
         f"exit code {proc.returncode}\n--- stdout (tail) ---\n{proc.stdout[-3000:]}"

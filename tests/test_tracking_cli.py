@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from cli_helpers import assert_ok, cli_env, describe, read_results, run_cli
+from cli_helpers import assert_ok, cli_env, describe, read_results, run_cli, start_cli
 from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from test_tracking_server import group_alive
@@ -208,14 +208,7 @@ def test_stop_signal_mid_pass_keeps_the_finished_passes(tmp_path: Path, stop: in
         f"tracking.uri={uri}",
         "hydra.run.dir=run",
     ]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "rosebench", *args],
-        cwd=tmp_path,
-        env=cli_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_cli(tmp_path, *args)
     seen = []
     try:
         for line in proc.stderr:  # each finished timed pass says so on stderr
@@ -252,23 +245,14 @@ def test_eight_separate_processes_into_one_fresh_store(tmp_path: Path) -> None:
     every run lands, finished, under the right experiment, with its own figures."""
     uri = f"sqlite:///{tmp_path / 'fresh.db'}"
     procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "rosebench",
-                *TINY,
-                "repeat=1",
-                f"num_requests={n}",
-                f"tracking.uri={uri}",
-                "tracking.experiment=array",
-                f"hydra.run.dir=run{n}",
-            ],
-            cwd=tmp_path,
-            env=cli_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+        start_cli(
+            tmp_path,
+            *TINY,
+            "repeat=1",
+            f"num_requests={n}",
+            f"tracking.uri={uri}",
+            "tracking.experiment=array",
+            f"hydra.run.dir=run{n}",
         )
         for n in range(1, 9)
     ]
@@ -317,22 +301,8 @@ def test_full_disk_at_the_end_loses_no_figure(tmp_path: Path, small_disk: Path) 
     freed, rosebench.upload reports the folder as damaged in one line and logs what is readable."""
     uri, client = store(tmp_path)
     run_dir = small_disk / "run"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "rosebench",
-            *TINY,
-            "num_requests=4",
-            "repeat=3",
-            f"tracking.uri={uri}",
-            f"hydra.run.dir={run_dir}",
-        ],
-        cwd=tmp_path,
-        env=cli_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    proc = start_cli(
+        tmp_path, *TINY, "num_requests=4", "repeat=3", f"tracking.uri={uri}", f"hydra.run.dir={run_dir}"
     )
     seen = []
     for line in proc.stderr:
@@ -398,13 +368,12 @@ def test_stopping_a_parallel_sweep(tmp_path: Path, stop: int) -> None:
         f"tracking.uri={uri}",
         "hydra.sweep.dir=sweep",
     ]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "rosebench", "--multirun", "hydra/launcher=parallel", *sweep],
-        cwd=tmp_path,
-        env=cli_env(),
+    proc = start_cli(
+        tmp_path,
+        "--multirun",
+        "hydra/launcher=parallel",
+        *sweep,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
         start_new_session=True,
     )
     try:

@@ -48,10 +48,10 @@ def upload_run(
     client: MlflowClient, uri: str, run_dir: Path, experiment_id: str, parent_run_id: str | None = None
 ) -> str:
     """Log one run folder as a new run and record it in the folder's tracking.json."""
-    _, problem = read_results(run_dir)
+    results, problem = read_results(run_dir)
     if problem is not None:  # what is readable still logs: the config, the artifacts, status FAILED
         print(f"rosebench.upload: warning: {problem}; logging the config and files only, as FAILED")
-    run_id = log_run_folder(run_dir, TrackingSettings(uri=uri), parent_run_id, experiment_id)
+    run_id = log_run_folder(run_dir, TrackingSettings(uri=uri), parent_run_id, experiment_id, results=results)
     record = TrackingRecord(
         logged=True, tracking_uri=redact_uri(uri), experiment_id=experiment_id, run_id=run_id
     )
