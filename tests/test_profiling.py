@@ -137,6 +137,179 @@ def test_metrics_and_console_table():
     assert "46.7%" in lines[2]
 
 
+# CUDA traces as kineto writes them (field names and cbids as in HolisticTraceAnalysis's real test traces):
+# eager decode steps launch kernel by kernel; a graph-replayed decode step is one cudaGraphLaunch whose
+# kernels all carry that launch's correlation id. Times are microseconds after BASE_US.
+BASE_US = 1_700_000_000_000
+DECODE = "rosebench.engine.decode"
+STREAM, SIDE_STREAM = 7, 20
+CBID = {"cudaLaunchKernel": 211, "cudaMemcpyAsync": 41, "cudaStreamSynchronize": 131, "cudaGraphLaunch": 311}
+
+
+def _flow(ph: str, corr: int, ts: float, where: dict) -> dict:
+    """An end of the ``ac2g`` arrow kineto draws from a launch call to each piece of device work it caused."""
+    flow = {"ph": ph, "id": corr, "ts": ts, "cat": "ac2g", "name": "ac2g", **where}
+    return {**flow, "bp": "e"} if ph == "f" else flow  # "f" binds to the enclosing slice
+
+
+class _CudaTrace:
+    """A kineto-style trace under construction; correlation ids are handed out in launch order."""
+
+    def __init__(self) -> None:
+        self.events: list[dict] = [
+            {"ph": "M", "name": "process_name", "pid": 1, "tid": 0, "args": {"name": "python"}},
+            {"ph": "M", "name": "process_labels", "pid": 0, "tid": 0, "args": {"labels": "GPU 0"}},
+        ]
+        self.correlation = 1000
+
+    def host(self, cat: str, name: str, ts: float, dur: float, where: dict = HOST) -> None:
+        self.events.append(_x(cat, name, BASE_US + ts, dur, where, **{"External id": len(self.events)}))
+
+    def launch(self, name: str, ts: float, dur: float, where: dict = HOST) -> int:
+        """A runtime call on a host thread, where its ``ac2g`` flow arrow starts; returns its correlation."""
+        self.correlation += 1
+        corr, ts = self.correlation, BASE_US + ts
+        args = {"External id": corr, "cbid": CBID[name], "correlation": corr}
+        self.events.append(_x("cuda_runtime", name, ts, dur, where, **args))
+        self.events.append(_flow("s", corr, ts, where))
+        return corr
+
+    def device(
+        self, cat: str, name: str, ts: float, dur: float, corr: int, stream: int = STREAM, node: int = 0
+    ) -> None:
+        """Device work on a stream, tied to its launch by ``correlation``; graph nodes get ``graph id`` 1."""
+        where, ts = {"pid": 0, "tid": stream}, BASE_US + ts
+        args = {"External id": corr, "device": 0, "context": 1, "stream": stream, "correlation": corr}
+        args |= {"graph id": 1 if node else 0, "graph node id": node}
+        self.events.append(_x(cat, name, ts, dur, where, **args))
+        self.events.append(_flow("f", corr, ts, where))
+
+    def trace(self) -> dict:
+        return {"schemaVersion": 1, "traceEvents": self.events}
+
+
+def _prefill_step(t: _CudaTrace, n: int, at: float) -> None:
+    """ProfilerStep#n = [at, at+100): 4 kernels launched from prefill, run at [at+15, at+55): 40 us busy."""
+    t.host("user_annotation", f"ProfilerStep#{n}", at, 100)
+    t.host("user_annotation", "rosebench.engine.prefill", at + 5, 60)
+    for i in range(4):
+        corr = t.launch("cudaLaunchKernel", at + 10 + 5 * i, 2)
+        t.device("kernel", f"prefill_kernel_{i}", at + 15 + 10 * i, 10, corr)
+
+
+def _eager_decode_step(t: _CudaTrace, n: int, at: float) -> None:
+    """ProfilerStep#n = [at, at+100). The decode region [at+5, at+30) runs 4 ops, each launching one thing:
+    3 kernels and the copy of the sampled ids. The device lags behind: kernels at [12,32) [32,52) [52,72),
+    copy at [72,74), mostly after the region closed, so busy [at+12, at+74) = 62 us. The scheduler then
+    waits for the ids outside the region (a sync with no device work)."""
+    t.host("user_annotation", f"ProfilerStep#{n}", at, 100)
+    t.host("user_annotation", DECODE, at + 5, 25)
+    launched = []
+    for i, op in enumerate(["aten::mm", "aten::add", "aten::argmax", "aten::copy_"]):
+        t.host("cpu_op", op, at + 9 + 5 * i, 4)
+        launched.append(t.launch("cudaMemcpyAsync" if i == 3 else "cudaLaunchKernel", at + 10 + 5 * i, 2))
+    for i, corr in enumerate(launched[:3]):
+        t.device("kernel", f"decode_kernel_{i}", at + 12 + 20 * i, 20, corr)
+    t.device("gpu_memcpy", "Memcpy DtoH (Device -> Pinned)", at + 72, 2, launched[3])
+    t.launch("cudaStreamSynchronize", at + 31, 44)
+
+
+def _graph_decode_step(t: _CudaTrace, n: int, at: float, kernels: int = 12) -> None:
+    """ProfilerStep#n = [at, at+100). The decode region [at+5, at+20) copies the inputs in (run [10,12)),
+    replays the graph with one cudaGraphLaunch and copies the ids out. The graph's kernels, 2 us each and
+    all with the launch's correlation, run back to back from at+25, after the region closed; the ids' copy
+    follows (1 us). With 12 kernels: busy 2 + 24 + 1 = 27 us."""
+    t.host("user_annotation", f"ProfilerStep#{n}", at, 100)
+    t.host("user_annotation", DECODE, at + 5, 15)
+    t.host("cpu_op", "aten::copy_", at + 6, 3)
+    inputs = t.launch("cudaMemcpyAsync", at + 7, 1)
+    graph = t.launch("cudaGraphLaunch", at + 10, 5)
+    t.host("cpu_op", "aten::copy_", at + 16, 3)
+    ids = t.launch("cudaMemcpyAsync", at + 17, 1)
+    t.launch("cudaStreamSynchronize", at + 21, 30)  # the scheduler waits for the ids: not in the region
+    t.device("gpu_memcpy", "Memcpy HtoD (Pinned -> Device)", at + 10, 2, inputs)
+    for i in range(kernels):
+        t.device("kernel", f"graph_kernel_{i}", at + 25 + 2 * i, 2, graph, node=i + 1)
+    t.device("gpu_memcpy", "Memcpy DtoH (Device -> Pinned)", at + 25 + 2 * kernels, 1, ids)
+
+
+def _eager_trace() -> dict:
+    t = _CudaTrace()
+    _prefill_step(t, 10, 0)
+    for n in (11, 12, 13):
+        _eager_decode_step(t, n, 100 * (n - 10))
+    return t.trace()
+
+
+def _graph_trace() -> dict:
+    t = _CudaTrace()
+    _prefill_step(t, 10, 0)
+    for n in (11, 12, 13):
+        _graph_decode_step(t, n, 100 * (n - 10))
+    return t.trace()
+
+
+def test_eager_decode_steps_count_their_own_kernels_even_when_they_run_late():
+    s = summarize_trace(_eager_trace())
+    # 4 steps of 100 us: window 400 us; 3 decode regions.
+    assert s.window_ms == pytest.approx(0.4)
+    assert s.steps == 4 and s.decode_steps == 3
+    # 3 kernels per decode step; prefill's 4 kernels and the copies of the sampled ids are not decode kernels.
+    assert s.kernels_per_decode_step == pytest.approx(9 / 3)
+    assert s.cpu_ops_per_decode_step == pytest.approx(12 / 3)
+    # Busy: prefill 40 + 3 decode steps x 62 = 226 us of 400.
+    assert s.device_busy_ms == pytest.approx(0.226)
+    assert s.device_idle_fraction == pytest.approx(1 - 226 / 400)
+
+
+def test_graph_replay_kernels_belong_to_the_step_that_launched_the_graph():
+    s = summarize_trace(_graph_trace())
+    assert s.window_ms == pytest.approx(0.4)
+    assert s.steps == 4 and s.decode_steps == 3
+    # One cudaGraphLaunch per decode step replays 12 kernels; the 2 copies per step are not kernels.
+    assert s.kernels_per_decode_step == pytest.approx(36 / 3)
+    assert s.cpu_ops_per_decode_step == pytest.approx(6 / 3)
+    # Busy: prefill 40 + 3 graph steps x 27 = 121 us of 400.
+    assert s.device_busy_ms == pytest.approx(0.121)
+    assert s.device_idle_fraction == pytest.approx(1 - 121 / 400)
+    # An eager cycle and a graph cycle combine: (9 + 36) kernels over 6 decode steps, (226 + 121) us of 800.
+    both = summarize_traces([_eager_trace(), _graph_trace()])
+    assert both.kernels_per_decode_step == pytest.approx(45 / 6)
+    assert both.device_idle_fraction == pytest.approx(1 - 347 / 800)
+
+
+def test_graph_kernels_on_two_streams_count_once_and_gaps_between_steps_are_idle():
+    t = _CudaTrace()
+    other_thread = {"pid": 1, "tid": 2}
+    # Step A [0, 100): one graph launch, 4 kernels on two streams; union [20, 70) = 50 us.
+    t.host("user_annotation", "ProfilerStep#5", 0, 100)
+    t.host("user_annotation", DECODE, 5, 10)
+    a = t.launch("cudaGraphLaunch", 8, 4)
+    t.device("kernel", "a0", 20, 20, a, STREAM, node=1)  # [20, 40)
+    t.device("kernel", "a1", 40, 20, a, STREAM, node=2)  # [40, 60)
+    t.device("kernel", "a2", 30, 20, a, SIDE_STREAM, node=3)  # [30, 50): inside the stream-7 work
+    t.device("kernel", "a3", 55, 15, a, SIDE_STREAM, node=4)  # [55, 70): extends it to 70
+    # Step B [100, 200): one graph launch, 3 kernels; [150, 170) on both streams counts 20 us, and the
+    # last kernel [185, 215) runs past the window's end: [185, 200) = 15 us.
+    t.host("user_annotation", "ProfilerStep#6", 100, 100)
+    t.host("user_annotation", DECODE, 105, 10)
+    b = t.launch("cudaGraphLaunch", 108, 4)
+    t.device("kernel", "b0", 150, 20, b, STREAM, node=1)
+    t.device("kernel", "b1", 150, 20, b, SIDE_STREAM, node=2)
+    t.device("kernel", "b2", 185, 30, b, SIDE_STREAM, node=3)
+    # Another thread replays a graph while B's region is open: busy [120, 125) = 5 us, not a decode kernel.
+    c = t.launch("cudaGraphLaunch", 110, 4, other_thread)
+    t.device("kernel", "c0", 120, 5, c, SIDE_STREAM, node=1)
+
+    s = summarize_trace(t.trace())
+    assert s.window_ms == pytest.approx(0.2)
+    assert s.steps == 2 and s.decode_steps == 2
+    assert s.kernels_per_decode_step == pytest.approx((4 + 3) / 2)
+    # Busy 50 + 20 + 15 + 5 = 90 us; idle gaps [0,20) [70,120) [125,150) [170,185) = 20+50+25+15 = 110 us.
+    assert s.device_busy_ms == pytest.approx(0.090)
+    assert s.device_idle_fraction == pytest.approx(110 / 200)
+
+
 def _scheduler_pass(session: ProfileSession | NullProfileSession, requests: int, decodes: int) -> int:
     """Imitates a scheduler: per request a prefill step then decode steps, one session.step() per step."""
     weight = torch.randn(16, 16)

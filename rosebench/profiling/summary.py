@@ -8,7 +8,14 @@ Trace facts this relies on (checked on torch 2.13; category names from kineto's 
 - schedule steps are ``ProfilerStep#N`` regions (``user_annotation`` in torch 2.13, ``cpu_op`` in older
   releases, so they are matched by name);
 - device work is ``kernel`` / ``gpu_memcpy`` / ``gpu_memset``. Each carries ``args.correlation``, the id
-  of the ``cuda_runtime`` (or ``cuda_driver``) launch call on the CPU thread that issued it.
+  of the ``cuda_runtime`` (or ``cuda_driver``) launch call on the CPU thread that issued it;
+- a CUDA-graph replay is one ``cuda_runtime`` ``cudaGraphLaunch`` (cbid 311) and every kernel, memcpy and
+  memset the graph runs carries that call's ``correlation``, often starting long after it returned (real
+  traces in HolisticTraceAnalysis ``tests/data/trace_diff/test/test.json.gz``: 315 kernels and 24 memsets
+  per launch). Kineto logs no ``cuGraphLaunch`` (its driver events are kernel launches and cuMem* calls;
+  ``CuptiCbidRegistry.cpp``), adds ``graph id``/``graph node id`` to device events on CUDA 12+
+  (``CuptiActivity.h``) and draws one ``ac2g`` flow from the launch to each of them; only the
+  correlation is needed here.
 
 A kernel belongs to a decode step when its launch call ran inside a ``rosebench.engine.decode`` region on
 the same thread. That correlation is exact even when a kernel runs long after its launch (asynchronous
