@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from rosebench.engine import Engine, SamplingParams, Sequence
+from rosebench.engine.cpu_linear import bf16_matrix_units
 from rosebench.runner.environment import cpu_name
 
 # The engine's "tiny" preset as a Hugging Face config: what --quick runs instead of GPT-2 small.
@@ -54,7 +55,16 @@ def environment_line() -> str:
         hf = f"transformers {version('transformers')}, "
     except PackageNotFoundError:
         hf = ""
-    return f"torch {torch.__version__}, {hf}threads: {torch.get_num_threads()}, CPU: {cpu_name()}"
+    return (
+        f"torch {torch.__version__}, {hf}threads: {torch.get_num_threads()}, CPU: {cpu_name()} "
+        f"({cpu_capability()})"
+    )
+
+
+def cpu_capability() -> str:
+    """ATen's kernel level and the CPU's bf16 matrix units, e.g. "AVX512, bf16 units: amx_bf16"."""
+    units = ", ".join(bf16_matrix_units()) or "none, bf16 runs slower than float32"
+    return f"{torch.backends.cpu.get_cpu_capability()}, bf16 units: {units}"
 
 
 def emit(title: str, body: str, out: Path | None, quick: bool = False) -> None:

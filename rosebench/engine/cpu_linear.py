@@ -4,6 +4,11 @@ Decode multiplies a few rows by every weight matrix, and MKL's plain sgemm is sl
 measured here (2 vCPU, float32), a [16, 768] x [768, 3072] product takes 2.9 ms unpacked and 0.8 ms
 with the weight reordered once into oneDNN's blocked layout, 4.5 vs 2.7 ms at 64 rows. This is the
 same op PyTorch's own inductor emits for frozen CPU linears.
+
+bfloat16 is prepacked too where the CPU has bf16 matrix units (AMX, AVX-512 BF16): oneDNN then
+multiplies bf16 natively. Elsewhere oneDNN refuses bf16 weights (on AVX2: "bf16 path needs the cpu support
+avx_ne_convert or avx512bw, avx512vl and avx512dq"), and the plain bf16 matmul it falls back to converts
+to float32 on the fly, slower than float32 itself.
 """
 
 from __future__ import annotations
@@ -13,14 +18,31 @@ from torch import nn
 
 from rosebench.engine.model import GPT2
 
+# The CPU flags (as /proc/cpuinfo and torch.cpu.get_capabilities() name them) of instructions that
+# multiply bf16 matrices natively: AMX tiles (Intel Sapphire Rapids on) and AVX-512 BF16 dot products
+# (Intel Cooper Lake, AMD Zen 4 on).
+BF16_MATRIX_UNITS = ("amx_bf16", "avx512_bf16")
+
+
+def bf16_matrix_units() -> list[str]:
+    """Which of BF16_MATRIX_UNITS this CPU has; empty where bf16 matmuls run slower than float32."""
+    get_capabilities = getattr(torch.cpu, "get_capabilities", None)  # public; absent from older torch
+    if get_capabilities is not None:
+        capabilities = get_capabilities()
+        return [unit for unit in BF16_MATRIX_UNITS if capabilities.get(unit, False)]
+    # Older torch: its private checks (amx_tile stands for amx_bf16: every AMX CPU so far has both).
+    checks = {"amx_bf16": "_is_amx_tile_supported", "avx512_bf16": "_is_avx512_bf16_supported"}
+    return [unit for unit, check in checks.items() if getattr(torch.cpu, check, lambda: False)()]
+
 
 def prepack_supported(device: torch.device, dtype: torch.dtype) -> bool:
-    return (
+    if not (
         device.type == "cpu"
-        and dtype == torch.float32
         and torch.backends.mkldnn.is_available()
         and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
-    )
+    ):
+        return False
+    return dtype == torch.float32 or (dtype == torch.bfloat16 and bool(bf16_matrix_units()))
 
 
 class PackedLinear(nn.Module):

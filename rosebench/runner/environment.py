@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from rosebench.engine.cpu_linear import bf16_matrix_units
+
 
 def cpu_name() -> str:
     try:
@@ -54,6 +56,8 @@ def environment(device: torch.device) -> dict:
         "device_name": torch.cuda.get_device_name(device) if cuda else cpu_name(),
         "cpu": cpu_name(),
         "cpu_threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # ATen's kernel level: "AVX2", "AVX512"
+        "cpu_bf16_matrix_units": bf16_matrix_units(),  # [] = bf16 runs slower than float32 on this CPU
         "platform": platform.platform(),
         "hostname": socket.gethostname(),
         "rosebench": package_version(),
