@@ -363,6 +363,44 @@ def test_profile_enabled_writes_trace_and_profile_block(tmp_path: Path) -> None:
     # Requests 2 and 3 start after 0 and 1 finish and reuse their 32-token prefix (prefix cache on).
     assert results["metrics"]["prefix_cache_hit_rate"] > 0
     assert results["metrics"]["mean_batch_size"] <= 2
+    labels = results["profile"]["summary"]["labels"]
+    assert "rosebench.engine.decode" in labels and "rosebench.attention.attend" not in labels  # detail=step
+
+
+def test_profile_detail_layer_labels_every_layer(tmp_path: Path) -> None:
+    proc = run_cli(
+        tmp_path,
+        *FAST,
+        "profile.enabled=true",
+        "profile.detail=layer",
+        "num_requests=2",
+        "max_new_tokens=4",
+        "hydra.run.dir=run",
+    )
+    assert_ok(proc)
+    summary = read_results(tmp_path / "run")["profile"]["summary"]
+    # tiny has 2 layers; each of the 4 steps (1 prefill + 3 decodes) runs every layer once.
+    assert summary["labels"]["rosebench.attention.attend"]["count"] == 2 * summary["steps"] == 8
+    assert summary["labels"]["rosebench.attention.kv_write"]["count"] == 8
+
+
+@pytest.mark.slow
+def test_engine_compile_records_its_time_and_changes_no_token(tmp_path: Path) -> None:
+    """engine.compile=true: compiled before timing (engine_compile_s, shown in the table), and the tokens
+    are those of the eager engine for the same seeded, sampled workload."""
+    common = (*FAST, "num_requests=3", "max_new_tokens=6", "sampling=top_k_top_p")
+    eager = run_cli(tmp_path, *common, "hydra.run.dir=eager")
+    compiled = run_cli(tmp_path, *common, "engine.compile=true", "hydra.run.dir=compiled")
+    assert_ok(eager)
+    assert_ok(compiled)
+    metrics = read_results(tmp_path / "compiled")["metrics"]
+    assert (
+        metrics["engine_compile_s"] > 0
+        and "engine_compile_s" not in read_results(tmp_path / "eager")["metrics"]
+    )
+    assert "engine compile (s)" in compiled.stdout and "engine compile (s)" not in eager.stdout
+    tokens = [[r["output_token_ids"] for r in read_outputs(tmp_path / d)] for d in ("eager", "compiled")]
+    assert tokens[0] == tokens[1] and len({tuple(t) for t in tokens[0]}) == 3
 
 
 @pytest.mark.parametrize("engine", ["gpt2", "gpt2-medium"])
@@ -436,6 +474,17 @@ BAD = {
         True,
     ),
     "num_threads=0": (["engine.num_threads=0"], ["engine.num_threads=0", ">= 1"], True),
+    "cuda_graphs=true-on-cpu": (
+        ["engine.cuda_graphs=true"],
+        ["engine.cuda_graphs=true", "auto, false"],
+        True,
+    ),
+    "cuda_graphs=sometimes": (
+        ["engine.cuda_graphs=sometimes"],
+        ["engine.cuda_graphs=sometimes", "auto"],
+        True,
+    ),
+    "profile.detail=layers": (["profile.detail=layers"], ["profile.detail=layers", "step, layer"], True),
     "num_blocks=0": (["engine.kv_cache.num_blocks=0"], ["engine.kv_cache.num_blocks=0", ">= 1"], True),
     "mode=sideways": (["mode=sideways"], ["mode=sideways", "offline", "online"], True),
     "device=tpu": (["engine.device=tpu"], ["engine.device=tpu", "cuda:N"], True),
@@ -480,7 +529,7 @@ def test_config_error_and_help_import_no_torch(tmp_path: Path) -> None:
         assert expected in proc.stderr, describe(proc)
 
 
-_NEED_NO_GPU = {"device=cuda", "activities=cuda-on-cpu"}
+_NEED_NO_GPU = {"device=cuda", "activities=cuda-on-cpu", "cuda_graphs=true-on-cpu"}
 
 
 @pytest.fixture(scope="module")

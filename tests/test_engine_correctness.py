@@ -31,7 +31,9 @@ B2 = [40, 588, 257, 3797, 286, 49020, 351, 1257]  # 8 tokens: exactly 2 full blo
 B3 = [4342, 318, 1223]  # 3 tokens: no full block
 
 
-def make_engine(hf_dir: Path, attention: str = "slot", prepack: bool = True, **overrides) -> Engine:
+def make_engine(
+    hf_dir: Path, attention: str = "slot", prepack: bool = True, static_decode: bool = False, **overrides
+) -> Engine:
     config = EngineConfig(
         weights=str(hf_dir),
         device="cpu",
@@ -43,7 +45,7 @@ def make_engine(hf_dir: Path, attention: str = "slot", prepack: bool = True, **o
         kv_cache=KVCacheConfig(block_size=overrides.pop("block_size", BLOCK_SIZE)),
     )
     assert not overrides, overrides
-    return Engine(config)
+    return Engine(config, static_decode=static_decode)
 
 
 _HF_CACHE: dict[tuple[tuple[int, ...], int], list[int]] = {}
@@ -108,9 +110,15 @@ def test_prefill_logits_match_hf(hf_tiny_dir, hf_tiny_model, attention, prepack)
 
 
 @pytest.mark.parametrize("prefix_cache", [True, False], ids=["prefix-on", "prefix-off"])
-@pytest.mark.parametrize(("attention", "prepack"), VARIANTS)
-def test_greedy_matches_hf(hf_tiny_dir, hf_tiny_model, attention, prepack, prefix_cache):
-    engine = make_engine(hf_tiny_dir, attention, prepack, prefix_cache=prefix_cache)
+@pytest.mark.parametrize(
+    ("attention", "prepack", "static_decode"),
+    [
+        *(pytest.param(*v.values, False, id=v.id) for v in VARIANTS),
+        pytest.param("slot", True, True, id="static"),
+    ],
+)
+def test_greedy_matches_hf(hf_tiny_dir, hf_tiny_model, attention, prepack, static_decode, prefix_cache):
+    engine = make_engine(hf_tiny_dir, attention, prepack, static_decode, prefix_cache=prefix_cache)
 
     # A single request.
     (single,) = run_batch(engine, [A], [NEW_TOKENS], first_id=0)
@@ -144,9 +152,15 @@ def test_greedy_matches_hf(hf_tiny_dir, hf_tiny_model, attention, prepack, prefi
     assert engine.kv_stats().used_blocks == 0
 
 
-@pytest.mark.parametrize("attention", ["slot", "naive"])
-def test_decode_with_non_dense_slots(hf_tiny_dir, hf_tiny_model, attention):
-    engine = make_engine(hf_tiny_dir, attention)
+@pytest.mark.parametrize(
+    ("attention", "static_decode"),
+    [("slot", False), ("naive", False), ("slot", True)],
+    ids=["slot", "naive", "static"],
+)
+def test_decode_with_non_dense_slots(hf_tiny_dir, hf_tiny_model, attention, static_decode):
+    """With ``static_decode`` the full-batch decodes run the static step and the partial ones fall back
+    to the eager step: both kinds interleave on the same sequences."""
+    engine = make_engine(hf_tiny_dir, attention, static_decode=static_decode)
     prompts, lengths = [B1, B3, A], [12, 3, 12]
     seqs = [
         Sequence(i, p, SamplingParams(max_new_tokens=n)) for i, (p, n) in enumerate(zip(prompts, lengths))

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.profiler import record_function
 
 from rosebench.engine.kv_cache import SlotKVCache
 
@@ -104,6 +105,22 @@ class NaiveAttention(SlotAttention):
             keys.append(F.pad(k[:, :length], pad).unsqueeze(0))
             values.append(F.pad(v[:, :length], pad).unsqueeze(0))
         return torch.cat(keys), torch.cat(values)
+
+
+class LabelledAttention:
+    """Wraps a ``KVAttention`` so that each layer's cache write and attention show as profiler regions:
+    ``profile.detail=layer``. Not the default: the labels cost host time on every layer."""
+
+    def __init__(self, inner: SlotAttention) -> None:
+        self.inner = inner
+
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        with record_function("rosebench.attention.kv_write"):
+            self.inner.write(layer, k, v)
+
+    def attend(self, layer: int, q: torch.Tensor) -> torch.Tensor:
+        with record_function("rosebench.attention.attend"):
+            return self.inner.attend(layer, q)
 
 
 ATTENTION_CLASSES = {"slot": SlotAttention, "naive": NaiveAttention}

@@ -41,6 +41,7 @@ MODEL_PRESETS: dict[str, ModelConfig] = {
 
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
 ATTENTION_NAMES = ("slot", "naive")  # the keys of attention.ATTENTION_CLASSES
+CUDA_GRAPHS_NAMES = ("auto", "true", "false")
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
@@ -72,14 +73,23 @@ class EngineConfig:
     max_num_seqs: int = 64  # KV slots: sequences resident at once
     max_model_len: int | None = None  # None = the model's n_positions
     prefix_cache: bool = True
-    prepack: bool = True  # oneDNN-prepacked linear weights on CPU float32 (see cpu_linear.py)
+    prepack: bool = True  # oneDNN-prepacked CPU linears: float32, bf16 with AMX/AVX-512 BF16 (cpu_linear.py)
     seed: int = 0  # seeds random weights and the sampling of requests that carry no seed
     num_threads: int | None = (
         None  # CPU intra-op threads (torch.set_num_threads, process-wide); None = torch's
     )
+    # Decode as CUDA graph replays, one graph per padded batch and context size; auto = on for CUDA.
+    cuda_graphs: str = "auto"
+    compile: bool = False  # torch.compile the static-shape decode step (inductor), before timing
     kv_cache: KVCacheConfig = field(default_factory=KVCacheConfig)
 
     def __post_init__(self) -> None:
+        # Hydra reads `engine.cuda_graphs=true` as a bool, which the str node stores as "True".
+        self.cuda_graphs = str(self.cuda_graphs).lower()
+        if self.cuda_graphs not in CUDA_GRAPHS_NAMES:
+            raise ValueError(
+                f"engine.cuda_graphs={self.cuda_graphs}: allowed values are {', '.join(CUDA_GRAPHS_NAMES)}"
+            )
         if self.model not in MODEL_PRESETS:
             raise ValueError(f"engine.model={self.model}: allowed values are {', '.join(MODEL_PRESETS)}")
         if self.weights is not None and not Path(self.weights).expanduser().exists():

@@ -12,7 +12,7 @@ import psutil
 import torch
 from torch.profiler import record_function
 
-from rosebench.engine.attention import ATTENTION_CLASSES, StepBatch
+from rosebench.engine.attention import ATTENTION_CLASSES, LabelledAttention, StepBatch
 from rosebench.engine.block_manager import BlockManager
 from rosebench.engine.config import EOS_TOKEN_ID, EngineConfig
 from rosebench.engine.cpu_linear import prepack, prepack_supported
@@ -20,6 +20,7 @@ from rosebench.engine.kv_cache import SlotKVCache
 from rosebench.engine.placement import SlotPlacement
 from rosebench.engine.sampler import Sampler
 from rosebench.engine.sequence import Sequence, SequenceStatus, request_seed
+from rosebench.engine.static_decode import StaticDecoder
 from rosebench.engine.weights import build_model
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -51,20 +52,42 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def resolve_cuda_graphs(setting: str, device: torch.device) -> bool:
+    """``auto`` is on for CUDA and off elsewhere; ``true`` without CUDA is an error."""
+    if setting == "true" and device.type != "cuda":
+        raise ValueError(
+            f"engine.cuda_graphs=true: CUDA graphs need a CUDA device, this engine runs on {device} "
+            "(allowed here: auto, false)"
+        )
+    return setting == "true" or (setting == "auto" and device.type == "cuda")
+
+
 class Engine:
     """Runs sequences on one device. ``config`` is the resolved configuration that runs: the slots,
-    context length and block budget it derived are filled in."""
+    context length and block budget it derived are filled in.
 
-    def __init__(self, config: EngineConfig, eos_token_id: int = EOS_TOKEN_ID) -> None:
+    Decode runs the static-shape step (``StaticDecoder``) when CUDA graphs or compilation are on, or when
+    ``static_decode`` asks for it (tests run it eagerly on the CPU); the eager step is the reference, and
+    serves the batches the static step does not (a partial batch, per-layer profiler labels).
+    """
+
+    def __init__(
+        self, config: EngineConfig, eos_token_id: int = EOS_TOKEN_ID, static_decode: bool | None = None
+    ) -> None:
         if config.num_threads is not None:
             torch.set_num_threads(config.num_threads)
         self.device = resolve_device(config.device)
+        cuda_graphs = resolve_cuda_graphs(config.cuda_graphs, self.device)
+        if static_decode is None:
+            static_decode = cuda_graphs or config.compile
         self.dtype = DTYPES[config.dtype]
         self.eos_token_id = eos_token_id
+        self.layer_labels = False  # per-layer profiler regions (profile.detail=layer); eager decode only
         model = build_model(config.model, config.weights, config.seed)
         self.num_parameters = sum(p.numel() for p in model.parameters())  # before prepacking hides weights
         self.model = model.to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)
-        if config.prepack and prepack_supported(self.device, self.dtype):
+        # A compiled step prepacks its own weights (inductor's freezing); it cannot trace oneDNN's.
+        if config.prepack and not config.compile and prepack_supported(self.device, self.dtype):
             prepack(self.model, batch_hint=config.max_num_seqs)
         self.model_config = model.config
         n_positions = self.model_config.n_positions
@@ -78,7 +101,7 @@ class Engine:
                 f"(the model's context)"
             )
         blocks_per_slot = -(-max_model_len // self.block_size)
-        num_slots = self._num_slots(config, max_model_len, blocks_per_slot)
+        num_slots = self._num_slots(config, max_model_len, blocks_per_slot, static_decode)
         num_blocks = config.kv_cache.num_blocks
         if num_blocks is None:
             num_blocks = num_slots * blocks_per_slot
@@ -100,11 +123,31 @@ class Engine:
             self.block_size,
             self.dtype,
             self.device,
+            scratch_slot=static_decode,
         )
         self.blocks = BlockManager(num_blocks, self.block_size, config.prefix_cache)
         self.placement = SlotPlacement(self.cache, self.blocks)
         self.sampler = Sampler()
         self._attention = ATTENTION_CLASSES[config.attention]
+        self._static = (
+            StaticDecoder(self.model, self.cache, self.device, config.compile, cuda_graphs)
+            if static_decode
+            else None
+        )
+
+    def startup_metrics(self) -> dict[str, float]:
+        """What compiling and capturing cost before timing: ``engine_compile_s``, ``engine_capture_s`` and
+        the graphs' memory pool, each present only when it happened."""
+        static = self._static
+        if static is None:
+            return {}
+        pool = static.graph_pool_bytes
+        figures = {
+            "engine_compile_s": static.compile_s,
+            "engine_capture_s": static.capture_s,
+            "cuda_graph_pool_mb": None if pool is None else pool / 2**20,
+        }
+        return {name: value for name, value in figures.items() if value is not None}
 
     # -- capacity ------------------------------------------------------------------------------------
     @property
@@ -215,8 +258,25 @@ class Engine:
                 self.placement.grow(seq)
             batch = self.placement.arrange(seqs)
             starts = [s.num_tokens - 1 for s in batch]
-            self._forward_and_sample(batch, [[s.last_token_id] for s in batch], starts, [1] * len(batch))
+            if self._static is not None and not self.layer_labels and len(batch) == self.num_running:
+                next_ids = self._static_step(batch, starts)
+                self._postprocess(batch, starts, next_ids)
+            else:
+                self._forward_and_sample(batch, [[s.last_token_id] for s in batch], starts, [1] * len(batch))
             return [seq.last_token_id for seq in seqs]
+
+    def _static_step(self, batch: list[Sequence], starts: list[int]) -> list[int]:
+        """``batch`` is every running sequence, in slots ``0 .. len(batch) - 1`` (``arrange`` made it so)."""
+        vocab = self.model_config.vocab_size
+        with record_function("rosebench.engine.static_step"):
+            return self._static.run(
+                token_ids=[s.last_token_id for s in batch],
+                positions=starts,
+                top_k=[s.params.top_k if 0 < s.params.top_k < vocab else vocab for s in batch],
+                seeds=[self._seed(s) for s in batch],
+                temperature=[s.params.temperature for s in batch],
+                top_p=[s.params.top_p for s in batch],
+            )
 
     def _forward_and_sample(
         self,
@@ -234,8 +294,11 @@ class Engine:
             positions.clamp_(max=self.model_config.n_positions - 1)  # padding columns only
             batch = StepBatch.build(self.placement.slots(seqs), starts, num_new, device)
             last = torch.tensor([n - 1 for n in num_new], device=device)
-        hidden = self.model(input_ids, positions, self._attention(self.cache, batch))
-        logits = self.model.logits(hidden[torch.arange(len(seqs), device=device), last])
+            kv = self._attention(self.cache, batch)
+        with record_function("rosebench.model.forward"):
+            hidden = self.model(input_ids, positions, LabelledAttention(kv) if self.layer_labels else kv)
+        with record_function("rosebench.model.lm_head"):
+            logits = self.model.logits(hidden[torch.arange(len(seqs), device=device), last])
         # Checked at prefills only (one more sync each, none in decode): NaN weights or an overflowing
         # dtype show at the first step, instead of as a stream of token 0.
         if check_finite and not bool(torch.isfinite(logits).all()):
@@ -246,13 +309,16 @@ class Engine:
         next_ids = self.sampler(
             logits, [s.params for s in seqs], [self._seed(s) for s in seqs], [s.num_tokens for s in seqs]
         ).tolist()  # the step's one host-device sync
+        self._postprocess(seqs, starts, next_ids)
+        return next_ids
+
+    def _postprocess(self, seqs: list[Sequence], starts: list[int], next_ids: list[int]) -> None:
         with record_function("rosebench.engine.postprocess"):
             for seq, start, token in zip(seqs, starts, next_ids):
                 seq.num_computed_tokens = seq.num_tokens
                 if seq.num_tokens // self.block_size > start // self.block_size:  # a block just filled
                     self.blocks.register_full_blocks(seq.block_table, seq.token_ids)
                 self._append(seq, token)
-        return next_ids
 
     def _append(self, seq: Sequence, token: int) -> None:
         seq.output_token_ids.append(token)
@@ -268,7 +334,9 @@ class Engine:
     def _seed(self, seq: Sequence) -> int:
         return seq.params.seed if seq.params.seed is not None else request_seed(self.config.seed, seq.seq_id)
 
-    def _num_slots(self, config: EngineConfig, max_model_len: int, blocks_per_slot: int) -> int:
+    def _num_slots(
+        self, config: EngineConfig, max_model_len: int, blocks_per_slot: int, scratch_slot: bool
+    ) -> int:
         fraction = config.kv_cache.memory_fraction
         if fraction is None:
             return config.max_num_seqs
@@ -279,7 +347,7 @@ class Engine:
         per_slot = (
             SlotKVCache.bytes_per_token(self.model_config, self.dtype) * blocks_per_slot * self.block_size
         )
-        slots = int(fraction * free_bytes // per_slot)
+        slots = int(fraction * free_bytes // per_slot) - int(scratch_slot)
         if slots < 1:
             raise ValueError(
                 f"engine.kv_cache.memory_fraction={fraction}: {fraction * free_bytes / 2**20:.0f} MiB "

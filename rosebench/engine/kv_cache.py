@@ -1,4 +1,5 @@
-"""KV storage: one preallocated K and V tensor, ``[n_layer, num_slots, n_head, max_model_len, head_dim]``.
+"""KV storage: one preallocated K and V tensor, ``[n_layer, num_slots, n_head, max_model_len, head_dim]``
+(plus a scratch slot when a static decode step pads its batch).
 
 Why per-sequence contiguous slots rather than a paged pool read through a gather: decode attention is
 the hot loop, and on the CPUs this project runs on a per-layer gather of every running sequence's
@@ -27,11 +28,22 @@ class SlotKVCache:
         block_size: int,
         dtype: torch.dtype,
         device: torch.device,
+        scratch_slot: bool = False,
     ) -> None:
         self.num_slots = num_slots
         self.max_model_len = max_model_len
         self.block_size = block_size
-        shape = (cfg.n_layer, num_slots, cfg.n_head, max_model_len, cfg.head_dim)
+        # One more slot that no sequence owns: the padding rows of a static decode step write there. And
+        # one spare position, so that every context a static step reads is a strict prefix: its view has
+        # the same strides for every context size, and a compiled step is not compiled again for the longest.
+        self.scratch_slot = num_slots if scratch_slot else None
+        shape = (
+            cfg.n_layer,
+            num_slots + int(scratch_slot),
+            cfg.n_head,
+            max_model_len + int(scratch_slot),
+            cfg.head_dim,
+        )
         # Zeros, not empty: attention reads (and masks) positions past a row's length, and 0 * NaN
         # from uninitialised memory would poison the masked softmax product.
         self.k = torch.zeros(shape, dtype=dtype, device=device)  # [L, slots, H, max_model_len, D]

@@ -2,6 +2,8 @@
 
 The model is layout-agnostic: each attention layer hands its new K/V and its queries to a
 ``KVAttention`` object built once per engine step, which owns where K/V live and how they are read.
+It carries no instrumentation: the engine labels its regions, so that a compiled or graph-captured
+step holds nothing but the model's own ops.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.profiler import record_function
 
 from rosebench.engine.config import ModelConfig
 
@@ -35,10 +36,8 @@ class SelfAttention(nn.Module):
         batch, seq_len, width = x.shape
         qkv = self.qkv_proj(x).view(batch, seq_len, 3, self.n_head, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, T, D]
-        with record_function("rosebench.attention.kv_write"):
-            kv.write(self.layer, k, v)
-        with record_function("rosebench.attention.attend"):
-            out = kv.attend(self.layer, q)
+        kv.write(self.layer, k, v)
+        out = kv.attend(self.layer, q)
         return self.out_proj(out.transpose(1, 2).reshape(batch, seq_len, width))
 
 
@@ -91,15 +90,13 @@ class GPT2(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv: KVAttention) -> torch.Tensor:
         """Hidden states after the final layer norm, ``[B, T, n_embd]``."""
-        with record_function("rosebench.model.forward"):
-            x = self.token_embedding(input_ids) + self.position_embedding(positions)
-            for block in self.blocks:
-                x = block(x, kv)
-            return self.ln_f(x)
+        x = self.token_embedding(input_ids) + self.position_embedding(positions)
+        for block in self.blocks:
+            x = block(x, kv)
+        return self.ln_f(x)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """The tied lm_head, computed only for the rows that are sampled."""
-        with record_function("rosebench.model.lm_head"):
-            if self.lm_head is not None:
-                return self.lm_head(hidden).float()
-            return F.linear(hidden, self.token_embedding.weight).float()
+        if self.lm_head is not None:
+            return self.lm_head(hidden).float()
+        return F.linear(hidden, self.token_embedding.weight).float()

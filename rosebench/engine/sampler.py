@@ -71,7 +71,8 @@ class Sampler:
         if any(p.top_p < 1.0 for p in params):
             probs = torch.softmax(scaled.masked_fill(~keep, float("-inf")), dim=-1)
             mass_before = probs.cumsum(dim=-1) - probs
-            keep &= mass_before < top_p  # the first candidate always stays
+            # The first candidate always stays; top_p = 1 keeps all, whatever float rounding the sum has.
+            keep &= (mass_before < top_p) | (top_p >= 1.0)
         noise = uniform_noise(
             torch.tensor(seeds, device=device, dtype=torch.int64),
             torch.tensor(positions, device=device, dtype=torch.int64),

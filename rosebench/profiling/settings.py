@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 ACTIVITY_NAMES = ("cpu", "cuda")
+DETAIL_NAMES = ("step", "layer")
 
 
 @dataclass
@@ -18,6 +19,9 @@ class ProfileSettings:
     repeat: int = 1  # 0: cycle until the pass ends, as torch.profiler.schedule does
     skip_first: int = 0
     activities: str = "auto"  # "auto" = CPU, plus CUDA on a CUDA device; or "cpu", "cuda", "cpu,cuda"
+    # step: the engine's regions only, so graph replays are profiled as they run. layer: also each layer's
+    # kv_write and attend, which costs host time and runs decode eagerly (no graph can hold a label).
+    detail: str = "step"
     record_shapes: bool = False
     profile_memory: bool = False
     with_stack: bool = False
@@ -29,6 +33,8 @@ class ProfileSettings:
                 raise ValueError(f"profile.{name} must be >= 0, got {getattr(self, name)}")
         if self.active < 1:
             raise ValueError(f"profile.active must be >= 1, got {self.active}")
+        if self.detail not in DETAIL_NAMES:
+            raise ValueError(f"profile.detail={self.detail}: allowed values are {', '.join(DETAIL_NAMES)}")
         if self.row_limit < 1:
             raise ValueError(f"profile.row_limit must be >= 1, got {self.row_limit}")
         if self.activities != "auto":

@@ -20,6 +20,7 @@ from tqdm import tqdm
 from rosebench import metrics
 from rosebench.config import ConfigError, RunConfig
 from rosebench.engine.config import MODEL_PRESETS
+from rosebench.engine.cpu_linear import bf16_matrix_units
 from rosebench.engine.engine import Engine, NonFiniteLogitsError
 from rosebench.engine.tokenizer import load_tokenizer
 from rosebench.profiling.session import ProfileResult, ProfileSession
@@ -68,14 +69,17 @@ class Outcome:
 
     passes: list[PassResult] = field(default_factory=list)
     pass_metrics: list[dict[str, float]] = field(default_factory=list)
+    engine_metrics: dict[str, float] = field(default_factory=dict)  # once per run: compile, graph capture
     profile: ProfileResult | None = None
     profile_error: str | None = None
     interrupted: Interrupted | None = None
     interrupted_during: str | None = None  # the pass that was cut short, e.g. "pass 2/3"
 
     def aggregate(self) -> tuple[dict[str, float], dict[str, float]]:
-        """Mean and std over the finished timed passes; empty when none finished."""
-        return metrics.aggregate(self.pass_metrics) if self.pass_metrics else ({}, {})
+        """Mean and std over the finished timed passes (empty when none finished), with the engine's
+        one-off figures (no std: they are measured once)."""
+        mean, std = metrics.aggregate(self.pass_metrics) if self.pass_metrics else ({}, {})
+        return {**mean, **self.engine_metrics}, std
 
 
 def prepare(config: RunConfig) -> Setup:
@@ -112,13 +116,18 @@ def prepare(config: RunConfig) -> Setup:
             )
     except ValueError as err:
         raise ConfigError(str(err)) from None
+    if engine.device.type == "cpu" and engine.dtype == torch.bfloat16 and not bf16_matrix_units():
+        _say(
+            f"engine.dtype=bfloat16: this CPU ({torch.backends.cpu.get_cpu_capability()}) has no AMX or "
+            "AVX-512 BF16 units, so bf16 runs slower than float32 here"
+        )
     return Setup(replace(config, engine=engine.config), engine, requests, tokenizer.decode)
 
 
 def run_passes(setup: Setup, run_dir: Path) -> Outcome:
     """Warm-up, timed and profiled passes. An interrupt ends them and is recorded in the outcome (the pass
     in flight is dropped); a failing profiled pass is recorded too and never discards the timed ones."""
-    outcome = Outcome()
+    outcome = Outcome(engine_metrics=setup.engine.startup_metrics())
     config = setup.config
     label = ""
     if config.mode == "online" and math.isfinite(config.scheduler.request_rate):
@@ -212,11 +221,16 @@ def _say(line: str) -> None:
 
 
 def _profiled_pass(setup: Setup, out_dir: Path) -> ProfileResult | None:
-    setup.engine.clear_cache()
-    session = ProfileSession(setup.config.profile, out_dir, setup.engine.device)
-    with session:
-        scheduler = SCHEDULERS[setup.config.mode](
-            setup.engine, setup.config.scheduler, on_step=lambda kind: session.step()
-        )
-        scheduler.run(setup.requests)
+    engine = setup.engine
+    engine.clear_cache()
+    session = ProfileSession(setup.config.profile, out_dir, engine.device)
+    engine.layer_labels = setup.config.profile.detail == "layer"
+    try:
+        with session:
+            scheduler = SCHEDULERS[setup.config.mode](
+                engine, setup.config.scheduler, on_step=lambda kind: session.step()
+            )
+            scheduler.run(setup.requests)
+    finally:
+        engine.layer_labels = False
     return session.result

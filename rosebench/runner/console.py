@@ -25,11 +25,21 @@ _ENGINE = [
     ("peak RSS (MB)", "peak_rss_mb", "{:.0f}"),
     ("CUDA max allocated (MB)", "cuda_max_allocated_mb", "{:.0f}"),
     ("CUDA max reserved (MB)", "cuda_max_reserved_mb", "{:.0f}"),
+    ("CUDA graph pool (MB)", "cuda_graph_pool_mb", "{:.0f}"),
+    ("engine compile (s)", "engine_compile_s", "{:.1f}"),
+    ("engine graph capture (s)", "engine_capture_s", "{:.2f}"),
 ]
 
 
 UNMEASURED = "-"  # a figure with no samples (TPOT with one output token each): absent, never 0
-_NOT_APPLICABLE_WHEN_ABSENT = {"cuda_max_allocated_mb", "cuda_max_reserved_mb"}  # CPU runs have none
+# CPU runs have no CUDA figures; compile and capture figures exist only when they happened.
+_NOT_APPLICABLE_WHEN_ABSENT = {
+    "cuda_max_allocated_mb",
+    "cuda_max_reserved_mb",
+    "cuda_graph_pool_mb",
+    "engine_compile_s",
+    "engine_capture_s",
+}
 
 
 def summary_table(title: str, mean: dict[str, float], std: dict[str, float], repeat: int) -> str:

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# The engine on one NVIDIA GPU, checked in one command (budget: under 8 minutes on an H200).
+#
+#   bash benchmarks/gpu_check.sh            # after the README's install, on a machine with one GPU
+#
+# 1. The CUDA tests (pytest -m cuda): eager vs graphs vs compile vs transformers in fp32/bf16/fp16,
+#    preemption and the prefix cache under graphs, engine.kv_cache.memory_fraction.
+# 2. 64 requests x 512 new tokens, greedy, ignore_eos, bf16, with CUDA graphs on and off: at batch 64 and
+#    at batch 16, each run with a profiled pass (completion tok/s, decode step p50, device idle fraction).
+# 3. The README's `python -m rosebench mode=online profile.enabled=true`, with its trace summary.
+# Then one table. Runs use tracking=off (MLflow is not needed); their folders stay under $OUT (or a
+# temporary folder), named in the table. A machine without hydra-core/omegaconf can install them from
+# wheels first: pip install --no-deps -e . && pip install --no-index --find-links WHEELS hydra-core.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out="${OUT:-$(mktemp -d)}/gpu_check"
+mkdir -p "$out"
+python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'gpu_check: no CUDA device')" || exit 2
+
+echo "== 1/3 CUDA tests" >&2
+timeout 300 python -m pytest -m cuda -q -rs tests >"$out/pytest.txt" 2>&1
+echo "pytest -m cuda: exit $?" >"$out/pytest_status.txt"
+tail -3 "$out/pytest.txt" >&2
+
+WORKLOAD=(num_requests=64 max_new_tokens=512 sampling.ignore_eos=true engine.dtype=bfloat16
+  warmup=1 repeat=3 profile.enabled=true profile.active=8 tracking=off)
+run() {  # NAME OVERRIDES...
+  local name=$1
+  shift
+  echo "== $name" >&2
+  timeout 240 python -m rosebench "$@" "hydra.run.dir=$out/$name" >"$out/$name.log" 2>&1 ||
+    echo "gpu_check: $name failed, see $out/$name.log" >&2
+}
+echo "== 2/3 throughput, graphs on and off" >&2
+for batch in 64 16; do
+  for graphs in true false; do
+    run "b${batch}_graphs_${graphs}" "${WORKLOAD[@]}" scheduler.max_batch_size=$batch engine.cuda_graphs=$graphs
+  done
+done
+echo "== 3/3 the README's profiled online run" >&2
+run online_profiled mode=online profile.enabled=true tracking=off
+
+python - "$out" <<'EOF'
+import json, sys
+from pathlib import Path
+
+import torch
+
+out = Path(sys.argv[1])
+print(f"gpu_check {torch.cuda.get_device_name()} torch {torch.__version__} cuda {torch.version.cuda}")
+print((out / "pytest_status.txt").read_text().strip() + ": " + (out / "pytest.txt").read_text().splitlines()[-1])
+header = f"{'run':<22}{'tok/s':>10}{'step p50 ms':>13}{'idle':>8}{'kern/step':>11}{'capture s':>11}{'graph MB':>10}"
+print(header)
+rows = {}
+for name in ("b64_graphs_true", "b64_graphs_false", "b16_graphs_true", "b16_graphs_false", "online_profiled"):
+    try:
+        r = json.loads((out / name / "results.json").read_text())
+    except (OSError, ValueError):
+        print(f"{name:<22}  (no results: see {out / name}.log)")
+        continue
+    m, p = r["metrics"], (r.get("profile") or {}).get("summary", {})
+    rows[name] = m
+
+    def cell(value, spec, width):
+        return f"{'-':>{width}}" if value is None else f"{value:>{width}{spec}}"
+
+    print(
+        f"{name:<22}{cell(m.get('throughput_completion_tok_s'), '.0f', 10)}"
+        f"{cell(m.get('decode_step_ms_p50'), '.3f', 13)}{cell(p.get('device_idle_fraction'), '.1%', 8)}"
+        f"{cell(p.get('kernels_per_decode_step'), '.0f', 11)}{cell(m.get('engine_capture_s'), '.2f', 11)}"
+        f"{cell(m.get('cuda_graph_pool_mb'), '.0f', 10)}"
+    )
+for batch in (64, 16):
+    on, off = rows.get(f"b{batch}_graphs_true"), rows.get(f"b{batch}_graphs_false")
+    if on and off:
+        ratio = on["throughput_completion_tok_s"] / off["throughput_completion_tok_s"]
+        print(f"graphs / eager at batch {batch}: {ratio:.2f}x completion tok/s")
+summary = out / "online_profiled" / "profile" / "summary.json"
+if summary.is_file():
+    from rosebench.profiling.summary import TraceSummary
+
+    print(TraceSummary.from_dict(json.loads(summary.read_text())).format())
+EOF
