@@ -5,6 +5,8 @@ Scenarios (greedy, float32, ignore EOS so every request makes exactly N tokens):
   a) batch 16, prompt 32, 128 new tokens  -- target: default >= 1.4x HF generate (tok/s)
      plus "default bf16" (engine dtype bfloat16) as a ratio to default (float32) on decode tok/s;
      target >= 2x on a CPU with AMX, only reported elsewhere (--skip-bf16 leaves it out)
+     plus "default compiled" (engine.compile=true: the static decode step under torch.compile, compiled
+     before its runs) as a ratio to default on decode tok/s; target >= 1.15x (--skip-compile leaves it out)
   b) batch 64, prompt 448 + 64 new tokens -- target: default >= 5x naive (tok/s); HF only with --with-hf-long
 
 tok/s = completion tokens / wall time of the whole generation (prefill included), for every contender.
@@ -44,6 +46,7 @@ class Scenario:
     targets: list[tuple[str, str, float, str]]
     with_hf: bool
     with_bf16: bool = False
+    with_compile: bool = False
 
 
 @dataclass
@@ -52,10 +55,21 @@ class Runs:
     decode_s: list[float] = field(default_factory=list)
 
 
-def scenarios(quick: bool, with_hf_long: bool, with_bf16: bool, device: str) -> list[Scenario]:
+def scenarios(
+    quick: bool, with_hf: bool, with_hf_long: bool, with_bf16: bool, with_compile: bool, device: str
+) -> list[Scenario]:
     a = Scenario(
-        "a", 16, 32, 128, [("default", "HF generate", 1.4, "tok/s")], with_hf=True, with_bf16=with_bf16
+        "a",
+        16,
+        32,
+        128,
+        [("default", "HF generate", 1.4, "tok/s")],
+        with_hf=with_hf,
+        with_bf16=with_bf16,
+        with_compile=with_compile,
     )
+    if with_compile:
+        a.targets.append(("default compiled", "default", 1.15, "decode tok/s"))  # issue 11
     if with_bf16 and device == "cpu" and "amx_bf16" in bf16_matrix_units():
         a.targets.append(("default bf16", "default", 2.0, "decode tok/s"))  # issue 11: on CPUs with AMX
     # Issue 2's 5x is on decode throughput; the whole generation here is dominated by 64 x 448 prefills.
@@ -75,7 +89,7 @@ def run_scenario(
     hf_device = next(hf_model.parameters()).device
 
     def engine_runner(
-        attention: str, dtype: str = "float32"
+        attention: str, dtype: str = "float32", compile: bool = False
     ) -> Callable[[], tuple[list[list[int]], float, float | None]]:
         config = EngineConfig(
             model="gpt2",
@@ -88,6 +102,7 @@ def run_scenario(
             prepack=True,
             seed=seed,
             device=device,
+            compile=compile,
         )
         engine = Engine(config)
         return lambda: C.engine_generate(engine, prompts, new)
@@ -105,6 +120,8 @@ def run_scenario(
     }
     if s.with_bf16:
         contenders["default bf16"] = engine_runner("slot", "bfloat16")
+    if s.with_compile:
+        contenders["default compiled"] = engine_runner("slot", compile=True)
     if s.with_hf:
         contenders["HF generate"] = hf_runner
     outputs = {name: run()[0] for name, run in contenders.items()}  # warm-up, and the tokens to compare
@@ -171,6 +188,11 @@ def run_scenario(
             f"- greedy tokens, default vs HF generate: "
             f"{C.first_mismatch(outputs['default'], outputs['HF generate'])}"
         )
+    if "default compiled" in outputs:
+        checks.append(
+            f"- greedy tokens, default compiled vs default: "
+            f"{C.first_mismatch(outputs['default compiled'], outputs['default'])}"
+        )
     if "default bf16" in outputs:  # bf16 rounds differently: a divergence is expected, not a fault
         checks.append(
             f"- greedy tokens, default bf16 vs default (float32; may differ): "
@@ -196,6 +218,10 @@ def main() -> None:
     parser.add_argument("--scenario", choices=["a", "b", "all"], default="all")
     parser.add_argument("--device", default="cpu", help="cpu (the targets' setting) or cuda")
     parser.add_argument("--skip-bf16", action="store_true", help="leave out the bf16 row of scenario a")
+    parser.add_argument(
+        "--skip-compile", action="store_true", help="leave out the compiled row of scenario a"
+    )
+    parser.add_argument("--skip-hf", action="store_true", help="leave out HF generate in scenario a")
     args = parser.parse_args()
     C.set_threads(args.threads, args.quick)
     if args.quick:
@@ -204,13 +230,21 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="rosebench-hf-") as tmp:
         hf_model = C.save_hf_gpt2(Path(tmp), args.seed, tiny=args.quick).to(args.device)
         model_name = "tiny (--quick)" if args.quick else "gpt2 (GPT2Config())"
-        for s in scenarios(args.quick, args.with_hf_long, not args.skip_bf16, args.device):
+        chosen = scenarios(
+            args.quick,
+            not args.skip_hf,
+            args.with_hf_long,
+            not args.skip_bf16,
+            not args.skip_compile,
+            args.device,
+        )
+        for s in chosen:
             if args.scenario in (s.name, "all"):
                 sections.append(run_scenario(s, Path(tmp), hf_model, args.repeats, args.seed, args.device))
     body = f"Model: {model_name}, random init under seed {args.seed}, device {args.device}.\n\n"
     body += "\n".join(sections)
     C.emit(
-        "Engine throughput: default (slot, float32 and bf16) vs naive vs HF generate",
+        "Engine throughput: default (slot, float32, bf16, compiled) vs naive vs HF generate",
         body,
         args.out,
         args.quick,

@@ -485,6 +485,11 @@ BAD = {
         True,
     ),
     "profile.detail=layers": (["profile.detail=layers"], ["profile.detail=layers", "step, layer"], True),
+    "compile-naive": (
+        ["engine.compile=true", "engine.attention=naive"],
+        ["engine.compile=true", "engine.attention=naive", "allowed with it: engine.compile=false"],
+        True,
+    ),
     "num_blocks=0": (["engine.kv_cache.num_blocks=0"], ["engine.kv_cache.num_blocks=0", ">= 1"], True),
     "mode=sideways": (["mode=sideways"], ["mode=sideways", "offline", "online"], True),
     "device=tpu": (["engine.device=tpu"], ["engine.device=tpu", "cuda:N"], True),

@@ -106,13 +106,25 @@ def test_padding_rows_touch_no_slot_but_the_scratch_slot():
 
 
 def test_cuda_graphs_true_without_cuda_is_an_error():
+    """(The CLI's one-line form of these errors is in test_cli.py's bad values.)"""
     with pytest.raises(ValueError, match=r"^engine\.cuda_graphs=true: CUDA graphs need a CUDA device"):
         Engine(tiny(cuda_graphs="true"))
-    assert Engine(tiny(cuda_graphs="auto"))._static is None  # auto: off on the CPU
+    assert Engine(tiny(cuda_graphs="auto")).config.cuda_graphs == "false"  # auto: off on the CPU
     with pytest.raises(
         ValueError, match=r"engine\.cuda_graphs=sometimes: allowed values are auto, true, false"
     ):
         tiny(cuda_graphs="sometimes")
+
+
+def test_naive_attention_stays_eager():
+    """The static step reads the slots itself: asking it of the naive baseline is an error, not a silent
+    switch to the fast path."""
+    with pytest.raises(
+        ValueError, match=r"^engine\.compile=true runs the static decode step.*attention=naive"
+    ):
+        Engine(tiny(attention="naive", compile=True))
+    engine = Engine(tiny(attention="naive"))
+    assert engine.config.cuda_graphs == "false" and engine.startup_metrics() == {}
 
 
 @pytest.mark.slow

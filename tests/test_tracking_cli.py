@@ -86,6 +86,9 @@ def test_profiled_run_lands_with_params_metrics_tags_and_artifacts(tmp_path: Pat
     assert tags["profiled"] == "yes" and tags["mode"] == "online" and tags["device"] == "cpu"
     assert (params["model.n_layer"], params["model.n_embd"], tags["model"]) == ("2", "64", "tiny")
     assert tags["torch"] and tags["rosebench_version"]
+    environment = results["environment"]
+    expected = [environment["cpu_capability"], *environment["cpu_bf16_matrix_units"]]
+    assert tags["cpu_capability"].split() == expected
     artifacts = artifact_paths(client, run.info.run_id)
     assert {"results.json", "outputs.jsonl", "hydra/config.yaml", "profile/summary.json"} <= artifacts
     assert any(p.startswith("profile/trace_") and p.endswith(".json.gz") for p in artifacts)

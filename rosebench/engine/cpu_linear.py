@@ -13,6 +13,9 @@ to float32 on the fly, slower than float32 itself.
 
 from __future__ import annotations
 
+import itertools
+import weakref
+
 import torch
 from torch import nn
 
@@ -45,14 +48,36 @@ def prepack_supported(device: torch.device, dtype: torch.dtype) -> bool:
     return dtype == torch.float32 or (dtype == torch.bfloat16 and bool(bf16_matrix_units()))
 
 
+# oneDNN's packed weights by key. A compiled graph cannot hold one (dynamo cannot fake an opaque tensor),
+# so inside one a PackedLinear calls an opaque custom op that looks its weight up here. Weak references:
+# the PackedLinear owns its weight, and an engine that is dropped frees it.
+_PACKED_WEIGHTS: weakref.WeakValueDictionary[int, torch.Tensor] = weakref.WeakValueDictionary()
+_NEXT_KEY = itertools.count()
+
+
+@torch.library.custom_op("rosebench::packed_linear", mutates_args=())
+def packed_linear(x: torch.Tensor, bias: torch.Tensor | None, key: int, out_features: int) -> torch.Tensor:
+    return torch.ops.mkldnn._linear_pointwise(x, _PACKED_WEIGHTS[key], bias, "none", [], "")
+
+
+@packed_linear.register_fake
+def _(x, bias, key, out_features):  # noqa: ANN001, ANN202 (a shape rule)
+    return x.new_empty((*x.shape[:-1], out_features))
+
+
 class PackedLinear(nn.Module):
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, batch_hint: int) -> None:
         super().__init__()
         # A plain attribute, not a buffer: oneDNN tensors cannot be moved, cast or put in a state_dict.
         self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), batch_hint)
         self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
+        self.out_features = weight.shape[0]
+        self.key = next(_NEXT_KEY)
+        _PACKED_WEIGHTS[self.key] = self.packed
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_compiling():
+            return packed_linear(x, self.bias, self.key, self.out_features)
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
 
 

@@ -52,19 +52,29 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def resolve_cuda_graphs(setting: str, device: torch.device) -> bool:
-    """``auto`` is on for CUDA and off elsewhere; ``true`` without CUDA is an error."""
-    if setting == "true" and device.type != "cuda":
+def resolve_static_decode(config: EngineConfig, device: torch.device) -> tuple[bool, bool]:
+    """Whether decode runs the static step, and as CUDA graphs. ``cuda_graphs=auto`` is on for CUDA with
+    the slot attention; the naive baseline stays what it is, eager, so that what runs is what was asked."""
+    if config.cuda_graphs == "true" and device.type != "cuda":
         raise ValueError(
             f"engine.cuda_graphs=true: CUDA graphs need a CUDA device, this engine runs on {device} "
             "(allowed here: auto, false)"
         )
-    return setting == "true" or (setting == "auto" and device.type == "cuda")
+    for key, asked in (("cuda_graphs", config.cuda_graphs == "true"), ("compile", config.compile)):
+        if asked and config.attention != "slot":
+            raise ValueError(
+                f"engine.{key}=true runs the static decode step, which reads the slots itself: "
+                f"engine.attention={config.attention} is eager only (allowed with it: "
+                f"engine.{key}={'auto, false' if key == 'cuda_graphs' else 'false'})"
+            )
+    auto = config.cuda_graphs == "auto" and device.type == "cuda" and config.attention == "slot"
+    cuda_graphs = config.cuda_graphs == "true" or auto
+    return cuda_graphs or config.compile, cuda_graphs
 
 
 class Engine:
     """Runs sequences on one device. ``config`` is the resolved configuration that runs: the slots,
-    context length and block budget it derived are filled in.
+    context length, block budget and whether CUDA graphs run are filled in.
 
     Decode runs the static-shape step (``StaticDecoder``) when CUDA graphs or compilation are on, or when
     ``static_decode`` asks for it (tests run it eagerly on the CPU); the eager step is the reference, and
@@ -77,17 +87,16 @@ class Engine:
         if config.num_threads is not None:
             torch.set_num_threads(config.num_threads)
         self.device = resolve_device(config.device)
-        cuda_graphs = resolve_cuda_graphs(config.cuda_graphs, self.device)
+        default_static, cuda_graphs = resolve_static_decode(config, self.device)
         if static_decode is None:
-            static_decode = cuda_graphs or config.compile
+            static_decode = default_static
         self.dtype = DTYPES[config.dtype]
         self.eos_token_id = eos_token_id
         self.layer_labels = False  # per-layer profiler regions (profile.detail=layer); eager decode only
         model = build_model(config.model, config.weights, config.seed)
         self.num_parameters = sum(p.numel() for p in model.parameters())  # before prepacking hides weights
         self.model = model.to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)
-        # A compiled step prepacks its own weights (inductor's freezing); it cannot trace oneDNN's.
-        if config.prepack and not config.compile and prepack_supported(self.device, self.dtype):
+        if config.prepack and prepack_supported(self.device, self.dtype):
             prepack(self.model, batch_hint=config.max_num_seqs)
         self.model_config = model.config
         n_positions = self.model_config.n_positions
@@ -112,6 +121,7 @@ class Engine:
             )
         self.config = replace(
             config,
+            cuda_graphs=str(cuda_graphs).lower(),
             max_num_seqs=num_slots,
             max_model_len=max_model_len,
             kv_cache=replace(config.kv_cache, num_blocks=num_blocks),

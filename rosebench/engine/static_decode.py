@@ -6,20 +6,23 @@ branches on the batch's sampling parameters, so on a GPU the host, not the devic
 - the batch is padded to a bucket size (``batch_buckets``); a padding row reads slot ``b`` (masked to one
   position) and writes only to the cache's scratch slot;
 - attention reads ``k[layer, :bucket, :, :context]`` with ``context`` a bucket too (``context_buckets``): a
-  length mask over a static context, at most twice the batch's longest (measured in benchmarks/README.md);
+  length mask over a static context, at most twice the batch's longest, where one context of
+  ``max_model_len`` would read up to ``max_model_len`` / longest times more K/V in the early steps;
 - every per-step input is one row of one preallocated ``[FIELDS, max_batch]`` int64 buffer (floats stored as
   float64 bits), filled on the host in pinned memory and copied in one non-blocking copy;
 - sampling (greedy, temperature, top-k, top-p, with the same counter-based noise as ``Sampler``) runs on the
   device inside the step, so reading the sampled ids is the step's only host sync.
 
 With ``cuda_graphs`` one graph per (batch bucket, context bucket, sampled) is captured at construction,
-largest first into one shared memory pool, and replayed; with ``compile`` the step is ``torch.compile``d
-(dynamic shapes: one compilation serves every bucket). Both happen before any timing and are timed.
+largest first into one shared memory pool, and replayed; with ``compile`` the step's model is
+``torch.compile``d with dynamic shapes (two compilations: one row, and two rows or more). Both happen
+before any timing and are timed.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -57,27 +60,55 @@ def _bucket(sizes: list[int], n: int) -> int:
     return next(size for size in sizes if size >= n)
 
 
+@torch.library.custom_op("rosebench::write_and_attend", mutates_args=("k_cache", "v_cache"))
+def write_and_attend(
+    q: torch.Tensor,  # [Bp, H, 1, D]
+    k: torch.Tensor,  # [Bp, H, 1, D] the new token's key
+    v: torch.Tensor,
+    k_cache: torch.Tensor,  # [L, slots, H, T, D], the whole cache: written in place
+    v_cache: torch.Tensor,
+    layer: int,
+    slots: torch.Tensor,  # [Bp]
+    positions: torch.Tensor,  # [Bp]
+    mask: torch.Tensor,  # [Bp, 1, 1, C]
+) -> torch.Tensor:
+    """One layer's cache write and attention, opaque to ``torch.compile``: traced as ordinary ops, the
+    in-place write into a graph input made inductor copy the whole cache (measured: 3.5x slower than
+    eager); as a custom op that mutates its arguments it is written in place."""
+    k_cache[layer, slots, :, positions] = k[:, :, 0]
+    v_cache[layer, slots, :, positions] = v[:, :, 0]
+    rows, length = mask.shape[0], mask.shape[-1]
+    keys = k_cache[layer, :rows, :, :length]  # [Bp, H, C, D], a view: row b is slot b
+    values = v_cache[layer, :rows, :, :length]
+    return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+
+
+@write_and_attend.register_fake
+def _(q, k, v, k_cache, v_cache, layer, slots, positions, mask):  # noqa: ANN001, ANN202 (a shape rule)
+    return torch.empty_like(q)
+
+
 class StaticSlotAttention:
     """``KVAttention`` for one static decode step: row ``b`` writes its token at ``(slots[b], positions[b])``
-    and attends to positions ``0 .. positions[b]`` of slot ``b`` (the batch is dense: row b is slot b)."""
+    and attends to positions ``0 .. positions[b]`` of slot ``b`` (the batch is dense: row b is slot b).
+    The write waits for ``attend``, which does both in one op."""
 
     def __init__(
         self, cache: SlotKVCache, slots: torch.Tensor, positions: torch.Tensor, context: torch.Tensor
-    ):
+    ) -> None:
         self.cache = cache
         self.slots = slots  # [Bp]
         self.positions = positions  # [Bp]
         self.mask = (context.view(1, -1) <= positions.view(-1, 1)).view(len(slots), 1, 1, -1)  # [Bp, 1, 1, C]
+        self._new: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:  # k, v: [Bp, H, 1, D]
-        self.cache.k[layer, self.slots, :, self.positions] = k[:, :, 0]
-        self.cache.v[layer, self.slots, :, self.positions] = v[:, :, 0]
+        self._new = (k, v)
 
     def attend(self, layer: int, q: torch.Tensor) -> torch.Tensor:  # q: [Bp, H, 1, D]
-        rows, length = self.mask.shape[0], self.mask.shape[-1]
-        k = self.cache.k[layer, :rows, :, :length]  # [Bp, H, C, D], a view
-        v = self.cache.v[layer, :rows, :, :length]
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask)
+        k, v = self._new
+        c = self.cache
+        return write_and_attend(q, k, v, c.k, c.v, layer, self.slots, self.positions, self.mask)
 
 
 def sample_on_device(
@@ -135,15 +166,11 @@ class StaticDecoder:
         self._out = torch.zeros(max_batch, dtype=torch.int64, device=device)
         # Only the model is compiled (dynamic shapes: one compilation for every bucket of 2 rows or
         # more, one for a single row); sampling stays eager, and inside a graph when graphs are on.
-        # Freezing lets inductor prepack the CPU linears as cpu_linear.py does for the eager model.
+        # Prepacked CPU linears stay oneDNN's (an opaque op each); inductor fuses what lies between.
         if compile:  # only the batch and context sizes vary; the cache's shape is fixed
             torch._dynamo.mark_static(cache.k)
             torch._dynamo.mark_static(cache.v)
-        self._logits = (
-            torch.compile(self._model_logits, dynamic=True, options={"freezing": True})
-            if compile
-            else self._model_logits
-        )
+        self._logits = torch.compile(self._model_logits, dynamic=True) if compile else self._model_logits
         self._graphs: dict[tuple[int, int, bool], torch.cuda.CUDAGraph] = {}
         self.compile_s: float | None = None
         self.capture_s: float | None = None
@@ -152,10 +179,6 @@ class StaticDecoder:
             self.compile_s = self._time(self._run_every_bucket)
         if cuda_graphs:
             self.capture_s = self._time(self._capture)
-
-    @property
-    def max_batch(self) -> int:
-        return self.batch_sizes[-1]
 
     @torch.inference_mode()
     def run(
@@ -214,10 +237,10 @@ class StaticDecoder:
         hidden = self.model(token_ids.unsqueeze(1), positions.unsqueeze(1), kv)  # [Bp, 1, n_embd]
         return self.model.logits(hidden[:, 0])
 
-    def _keys(self) -> list[tuple[int, int, bool]]:
+    def _keys(self, sampling: tuple[bool, ...] = (False, True)) -> list[tuple[int, int, bool]]:
         """Every (batch bucket, context bucket, sampled) shape, largest first."""
         return sorted(
-            ((b, c, s) for b in self.batch_sizes for c in self.context_sizes for s in (False, True)),
+            ((b, c, s) for b in self.batch_sizes for c in self.context_sizes for s in sampling),
             reverse=True,
         )
 
@@ -227,8 +250,9 @@ class StaticDecoder:
 
     @torch.inference_mode()
     def _run_every_bucket(self) -> None:
-        """Compile before timing: one step per shape, on padding rows only (they touch the scratch slot)."""
-        for bucket, context, sampled in self._keys():
+        """Compile before timing: one step per shape, on padding rows only (they touch the scratch slot).
+        Sampling is not compiled, so greedy steps cover every compiled shape."""
+        for bucket, context, sampled in self._keys(sampling=(False,)):
             self._prepare_padding_only(bucket)
             self._out[:bucket] = self._forward(self._inputs[:, :bucket], self._context[:context], sampled)
 
@@ -249,7 +273,7 @@ class StaticDecoder:
         torch.cuda.synchronize(self.device)
         self.graph_pool_bytes = torch.cuda.memory_reserved(self.device) - before
 
-    def _time(self, work) -> float:
+    def _time(self, work: Callable[[], None]) -> float:
         start = time.perf_counter()
         work()
         if self.device.type == "cuda":

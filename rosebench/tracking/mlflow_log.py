@@ -59,6 +59,7 @@ def mlflow_tags(results: RunResults, run_dir: Path) -> dict[str, str]:
         "device": env.get("device"),
         "device_name": env.get("device_name"),
         "cpu": env.get("cpu"),
+        "cpu_capability": _cpu_capability(env),
         "torch": env.get("torch"),
         "cuda": env.get("cuda"),
         "python": env.get("python"),
@@ -74,6 +75,13 @@ def mlflow_tags(results: RunResults, run_dir: Path) -> dict[str, str]:
         RUN_DIR_TAG: str(run_dir.resolve()),
     }
     return {k: str(v)[:MAX_TAG_VAL_LENGTH] for k, v in tags.items() if v is not None}
+
+
+def _cpu_capability(env: dict) -> str | None:
+    """``AVX2``, or ``AVX512 amx_bf16 avx512_bf16``: whether bf16 can be fast where the run ran."""
+    if not env.get("cpu_capability"):  # results.json from before it was recorded
+        return None
+    return " ".join([env["cpu_capability"], *env.get("cpu_bf16_matrix_units", [])])
 
 
 def _log_artifacts(client: MlflowClient, run_id: str, run_dir: Path) -> None:
