@@ -1,7 +1,8 @@
 """The import rules of the house, read from the source: nothing flows back up.
 
-CLIs (``__main__``, ``report``, ``upload``) are leaves; the runner is imported only by ``__main__``; the
-engine knows nothing of Hydra, MLflow or the layers above it; tracking reads results, never the engine.
+CLIs (``__main__``, ``report``, ``upload``, ``compare``) are leaves; the runner is imported only by
+``__main__``; the engine knows nothing of Hydra, MLflow or the layers above it; tracking reads results,
+never the engine.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "rosebench"
-LEAVES = ("rosebench.__main__", "rosebench.report", "rosebench.upload")
+LEAVES = ("rosebench.__main__", "rosebench.report", "rosebench.upload", "rosebench.compare")
 
 
 def imports_of(path: Path) -> set[str]:
@@ -79,3 +80,8 @@ def test_scheduler_knows_only_the_engine() -> None:
 def test_tracking_never_reads_the_engine() -> None:
     forbidden = ("torch", "rosebench.engine", "rosebench.scheduler", "rosebench.runner")
     assert offending(modules("tracking"), forbidden) == {}
+
+
+def test_comparison_needs_neither_torch_nor_mlflow():
+    """Comparing two results.json files must work where neither is installed (a CI box, a laptop)."""
+    assert offending([PACKAGE / "comparison.py"], ("torch", "mlflow")) == {}

@@ -1,0 +1,330 @@
+"""Did a change help? Two runs (or two sweeps) compared metric by metric, with a confidence interval.
+
+Method: for each headline metric, the ratio candidate / baseline of the mean over the timed passes (what
+results.json reports), and a 95% percentile bootstrap interval of that ratio (each side's passes resampled
+with replacement, independently, ``RESAMPLES`` times). A verdict is "better" or "worse" only when the
+interval excludes 1 and the change is at least ``NEGLIGIBLE``; which side of 1 is better depends on the
+metric (higher throughput, lower latency and memory). Passes, not requests, are the samples: an offline
+pass's requests share one prefill (identical TTFTs: a zero-width interval), and requests of one pass see
+none of the pass-to-pass spread. Passes of one run see no run-to-run drift either (measured on this
+project's shared machine: two runs of one config 0.61x apart), so a verdict says the two runs differ, and
+the change is the likely cause only on a quiet machine.
+
+No MLflow and no torch here: ``rosebench.compare`` reads the runs and writes the outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rosebench.metrics import percentile
+from rosebench.overrides import override_values
+from rosebench.results import RunResults
+from rosebench.tracking.run_folder import TrackingRecord, find_run_folders, flatten, param_text, read_results
+
+RESAMPLES = 2000
+CONFIDENCE = 0.95
+RESOLVE_CHANGE = 0.05  # the change the "too few passes" warning sizes `repeat` for
+MIN_PASSES = 3
+NEGLIGIBLE = 0.01  # a change smaller than 1% is no change, however narrow its interval (peak RSS)
+# (metric, higher is better). Peak memory is CUDA's allocator peak on a GPU, the process's RSS on a CPU.
+HEADLINE: list[tuple[str, bool]] = [
+    ("throughput_completion_tok_s", True),
+    ("request_throughput_req_s", True),
+    *((f"{m}_ms_{q}", False) for m in ("ttft", "tpot", "itl", "e2e") for q in ("p50", "p99")),
+    ("cuda_max_allocated_mb", False),
+    ("peak_rss_mb", False),
+]
+_PER_REQUEST = {"ttft": "ttft_ms", "e2e": "e2e_ms"}  # outputs.jsonl columns with one value per request
+# Keys that may differ without making two runs incomparable: where results go, and how they are observed.
+IGNORED_CONFIG = ("tracking.", "profile.", "repeat", "warmup")
+ENVIRONMENT_KEYS = ("device", "device_name", "torch", "cuda", "cpu", "cpu_capability", "git_commit")
+
+
+class ComparisonError(ValueError):
+    """Two runs that cannot be compared, or a side that cannot be read: a one-line message."""
+
+
+@dataclass
+class Run:
+    """One side of a comparison: a run's results, and where they came from."""
+
+    label: str  # the folder or MLflow run id
+    results: RunResults
+    run_id: str | None = None  # its MLflow run, when it was logged
+
+    @classmethod
+    def from_folder(cls, run_dir: Path, label: str | None = None, run_id: str | None = None) -> Run:
+        results, why = read_results(run_dir)
+        if results is None:
+            raise ComparisonError(why)
+        record = TrackingRecord.read(run_dir)
+        return cls(label or str(run_dir), results, run_id or (record.run_id if record else None))
+
+    def passes(self, metric: str) -> list[float]:
+        return [p[metric] for p in self.results.passes if metric in p]
+
+
+@dataclass
+class MetricComparison:
+    metric: str
+    baseline: float
+    candidate: float
+    ratio: float
+    ci_low: float | None  # None: too few samples for an interval
+    ci_high: float | None
+    verdict: str  # better, worse, no significant change, or "not enough samples"
+    samples: str  # timed passes, baseline/candidate: "3/3"
+
+    def change(self) -> float:
+        return self.ratio - 1.0
+
+
+@dataclass
+class Comparison:
+    baseline: str
+    candidate: str
+    baseline_run_id: str | None
+    candidate_run_id: str | None
+    config_differences: dict[str, tuple[Any, Any]]
+    environment_differences: dict[str, tuple[Any, Any]]
+    metrics: list[MetricComparison]
+    warnings: list[str] = field(default_factory=list)
+    point: str = ""  # the sweep point, for sweep comparisons
+
+    def metric(self, name: str) -> MetricComparison | None:
+        return next((m for m in self.metrics if m.metric == name), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        for key in ("config_differences", "environment_differences"):
+            data[key] = {k: {"baseline": a, "candidate": b} for k, (a, b) in getattr(self, key).items()}
+        return data
+
+
+def config_differences(a: RunResults, b: RunResults) -> dict[str, tuple[Any, Any]]:
+    """Config keys whose values differ (left out: where results go and how they are observed)."""
+    flat_a, flat_b = flatten(a.config), flatten(b.config)
+    keys = [k for k in {**flat_a, **flat_b} if not k.startswith(IGNORED_CONFIG)]
+    return {
+        k: (flat_a.get(k), flat_b.get(k))
+        for k in keys
+        if param_text(flat_a.get(k)) != param_text(flat_b.get(k))
+    }
+
+
+def environment_differences(a: RunResults, b: RunResults) -> dict[str, tuple[Any, Any]]:
+    pairs = {k: (a.environment.get(k), b.environment.get(k)) for k in ENVIRONMENT_KEYS}
+    return {k: pair for k, pair in pairs.items() if pair[0] != pair[1]}
+
+
+def check_comparable(differences: dict[str, tuple[Any, Any]], allow: Sequence[str]) -> None:
+    """Refuse differing config keys that ``allow`` (keys or key prefixes ending in ".") does not name."""
+    refused = [k for k in differences if not any(k == a or k.startswith(f"{a.rstrip('.')}.") for a in allow)]
+    if refused:
+        shown = ", ".join(f"{k} ({differences[k][0]} vs {differences[k][1]})" for k in refused)
+        raise ComparisonError(
+            f"the configs differ in {shown}; compare anyway with " + " ".join(f"--allow {k}" for k in refused)
+        )
+
+
+def compare_runs(
+    baseline: Run, candidate: Run, allow: Sequence[str] = (), seed: int = 0, point: str = ""
+) -> Comparison:
+    differences = config_differences(baseline.results, candidate.results)
+    check_comparable(differences, allow)
+    rng = random.Random(seed)
+    metrics, warnings = [], []
+    for metric, higher_is_better in HEADLINE:
+        if metric not in baseline.results.metrics or metric not in candidate.results.metrics:
+            continue
+        metrics.append(_compare_metric(metric, higher_is_better, baseline, candidate, rng))
+    passes = (len(baseline.results.passes), len(candidate.results.passes))
+    if min(passes) < MIN_PASSES:
+        warnings.append(
+            f"{passes[0]} and {passes[1]} timed passes: too few for a useful interval (at least "
+            f"{MIN_PASSES} each; repeat=N sets it)"
+        )
+    needed = _repeat_needed(baseline, candidate, HEADLINE[0][0])
+    if needed is not None and needed > min(passes):
+        warnings.append(
+            f"the passes' spread needs about repeat={needed} on both sides for a "
+            f"{RESOLVE_CHANGE:.0%} change in {HEADLINE[0][0]} to be told from noise"
+        )
+    return Comparison(
+        baseline.label,
+        candidate.label,
+        baseline.run_id,
+        candidate.run_id,
+        differences,
+        environment_differences(baseline.results, candidate.results),
+        metrics,
+        warnings,
+        point,
+    )
+
+
+def _compare_metric(
+    metric: str, higher_is_better: bool, baseline: Run, candidate: Run, rng: random.Random
+) -> MetricComparison:
+    base_values, cand_values = baseline.passes(metric), candidate.passes(metric)
+    base, cand = baseline.results.metrics[metric], candidate.results.metrics[metric]
+    ratio = cand / base if base else math.nan
+    samples = f"{len(base_values)}/{len(cand_values)}"
+    if min(len(base_values), len(cand_values)) < 2 or not base:
+        return MetricComparison(metric, base, cand, ratio, None, None, "not enough samples", samples)
+    low, high = bootstrap_ratio(base_values, cand_values, _mean, rng)
+    if abs(ratio - 1) < NEGLIGIBLE or low <= 1.0 <= high:
+        verdict = "no significant change"
+    elif (low > 1.0) == higher_is_better:
+        verdict = "better"
+    else:
+        verdict = "worse"
+    return MetricComparison(metric, base, cand, ratio, low, high, verdict, samples)
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values)
+
+
+def bootstrap_ratio(
+    baseline: Sequence[float],
+    candidate: Sequence[float],
+    stat: Callable[[Sequence[float]], float],
+    rng: random.Random,
+    resamples: int = RESAMPLES,
+) -> tuple[float, float]:
+    """The ``CONFIDENCE`` percentile interval of stat(candidate) / stat(baseline), each side resampled."""
+    ratios = []
+    for _ in range(resamples):
+        base = stat(rng.choices(baseline, k=len(baseline)))
+        if base:
+            ratios.append(stat(rng.choices(candidate, k=len(candidate))) / base)
+    tail = (1 - CONFIDENCE) / 2 * 100
+    return percentile(ratios, tail), percentile(ratios, 100 - tail)
+
+
+def _repeat_needed(baseline: Run, candidate: Run, metric: str) -> int | None:
+    """Passes per side for a 95% interval of the ratio of means to be narrower than +-RESOLVE_CHANGE,
+    from the observed coefficients of variation (normal approximation)."""
+    cvs = []
+    for run in (baseline, candidate):
+        values = run.passes(metric)
+        if len(values) < 2 or not sum(values):
+            return None
+        mean = _mean(values)
+        cvs.append(math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) / mean)
+    return math.ceil(1.96**2 * (cvs[0] ** 2 + cvs[1] ** 2) / RESOLVE_CHANGE**2)
+
+
+# -- sweeps -----------------------------------------------------------------------------------------------
+@dataclass
+class SweepComparison:
+    points: list[Comparison]
+    only_baseline: list[str]
+    only_candidate: list[str]
+
+
+def sweep_points(sweep_dir: Path) -> dict[str, Run]:
+    """A sweep folder's runs keyed by their swept values (``num_requests=16``), in folder order."""
+    runs = [Run.from_folder(d) for d in find_run_folders(sweep_dir)]
+    values = [override_values(r.results.run.overrides) for r in runs]
+    swept = [k for k in dict.fromkeys(k for v in values for k in v) if len({v.get(k) for v in values}) > 1]
+    return {" ".join(f"{k}={v.get(k)}" for k in swept) or run.label: run for run, v in zip(runs, values)}
+
+
+def compare_sweeps(
+    baseline: dict[str, Run], candidate: dict[str, Run], allow: Sequence[str] = (), seed: int = 0
+) -> SweepComparison:
+    """Points matched by their swept values; each pair as ``compare_runs`` (the swept keys themselves are
+    allowed to differ between points, not between a matched pair)."""
+    common = [p for p in baseline if p in candidate]
+    return SweepComparison(
+        [compare_runs(baseline[p], candidate[p], allow, seed, point=p) for p in common],
+        [p for p in baseline if p not in candidate],
+        [p for p in candidate if p not in baseline],
+    )
+
+
+# -- output -----------------------------------------------------------------------------------------------
+def _number(value: float | None) -> str:
+    if value is None or math.isnan(value):
+        return "-"
+    return f"{value:.4g}"
+
+
+def _rows(c: Comparison) -> list[list[str]]:
+    rows = []
+    for m in c.metrics:
+        interval = "-" if m.ci_low is None else f"[{m.ci_low:.3f}, {m.ci_high:.3f}]"
+        rows.append(
+            [
+                m.metric,
+                _number(m.baseline),
+                _number(m.candidate),
+                f"{m.ratio:.3f}",
+                interval,
+                m.verdict,
+                m.samples,
+            ]
+        )
+    return rows
+
+
+HEADER = ["metric", "baseline", "candidate", "ratio", f"{CONFIDENCE:.0%} CI of ratio", "verdict", "passes"]
+
+
+def _notes(c: Comparison) -> list[str]:
+    notes = [f"config differs (allowed): {k} = {a} vs {b}" for k, (a, b) in c.config_differences.items()]
+    notes += [f"environment differs: {k} = {a} vs {b}" for k, (a, b) in c.environment_differences.items()]
+    return notes + [f"warning: {w}" for w in c.warnings]
+
+
+def to_text(comparisons: Sequence[Comparison], only: tuple[list[str], list[str]] = ([], [])) -> str:
+    out = []
+    for c in comparisons:
+        rows = [HEADER, *_rows(c)]
+        widths = [max(len(r[i]) for r in rows) for i in range(len(HEADER))]
+        title = f"baseline {c.baseline}\ncandidate {c.candidate}"
+        out.append(f"{c.point}\n{title}" if c.point else title)
+        out += ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
+        out += _notes(c)
+        out.append("")
+    out += _only_lines(only)
+    return "\n".join(out).rstrip() + "\n"
+
+
+def to_markdown(comparisons: Sequence[Comparison], only: tuple[list[str], list[str]] = ([], [])) -> str:
+    out = []
+    for c in comparisons:
+        heading = f"### {c.point}\n\n" if c.point else ""
+        out.append(f"{heading}Baseline `{c.baseline}`, candidate `{c.candidate}`\n")
+        out.append("| " + " | ".join(HEADER) + " |")
+        out.append("|" + "---|" * len(HEADER))
+        out += ["| " + " | ".join(r) + " |" for r in _rows(c)]
+        out += [f"\n- {n}" for n in _notes(c)]
+        out.append("")
+    out += [f"- {line}" for line in _only_lines(only)]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def _only_lines(only: tuple[list[str], list[str]]) -> list[str]:
+    return [f"only in the baseline sweep: {p}" for p in only[0]] + [
+        f"only in the candidate sweep: {p}" for p in only[1]
+    ]
+
+
+def to_json(comparisons: Sequence[Comparison], only: tuple[list[str], list[str]] = ([], [])) -> str:
+    data = {
+        "method": __doc__.split("\n\n")[1].replace("\n", " "),
+        "comparisons": [c.to_dict() for c in comparisons],
+        "only_baseline": only[0],
+        "only_candidate": only[1],
+    }
+    return json.dumps(data, indent=2) + "\n"

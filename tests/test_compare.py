@@ -1,0 +1,199 @@
+"""``rosebench.compare``: the statistics on known samples, then real runs made by the CLI.
+
+The A/B is real: the naive attention against the default on the tiny model, a slowdown of ~1.5-3x here.
+There is no A/A of two runs of one config: on this shared machine two such runs measured 0.61x apart
+(2,150 vs 1,200 tok/s) while each run's passes agreed within 10%, so any verdict on them is a verdict on
+the machine; the no-change case is tested on samples instead (and on one run against itself).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cli_helpers import FAST, assert_ok, cli_env, describe, run_cli
+
+from rosebench.comparison import Run, bootstrap_ratio, compare_runs
+from rosebench.results import RunInfo, RunResults
+
+
+def synthetic(throughputs: list[float], **config) -> Run:
+    """A run whose passes have these throughputs (latency = 1000 / throughput)."""
+    passes = [{"throughput_completion_tok_s": t, "tpot_ms_p50": 1000 / t} for t in throughputs]
+    metrics = {k: sum(p[k] for p in passes) / len(passes) for k in passes[0]}
+    results = RunResults(config={"engine": {"attention": "slot", **config}}, environment={}, run=RunInfo("x"))
+    results.passes, results.metrics = passes, metrics
+    return Run("synthetic", results)
+
+
+def noisy(mean: float, n: int, seed: int) -> list[float]:
+    rng = random.Random(seed)
+    return [mean * (1 + rng.gauss(0, 0.02)) for _ in range(n)]
+
+
+def test_a_clear_slowdown_is_worse_for_throughput_and_for_latency():
+    c = compare_runs(synthetic(noisy(100, 5, 1)), synthetic(noisy(80, 5, 2)))
+    throughput, tpot = c.metric("throughput_completion_tok_s"), c.metric("tpot_ms_p50")
+    assert throughput.verdict == "worse" and throughput.ci_high < 1 and 0.75 < throughput.ratio < 0.85
+    assert tpot.verdict == "worse" and tpot.ci_low > 1  # lower is better for latency
+    assert (
+        compare_runs(synthetic(noisy(80, 5, 2)), synthetic(noisy(100, 5, 1)))
+        .metric("throughput_completion_tok_s")
+        .verdict
+        == "better"
+    )
+
+
+def test_same_distribution_is_no_significant_change():
+    verdicts = [
+        compare_runs(synthetic(noisy(100, 5, seed)), synthetic(noisy(100, 5, seed + 100)))
+        .metric("throughput_completion_tok_s")
+        .verdict
+        for seed in range(20)
+    ]
+    # A 95% interval: about one pair in twenty may look significant; 20 draws keep that rare.
+    assert verdicts.count("no significant change") >= 17, verdicts
+
+
+def test_a_change_under_one_percent_is_no_change_even_with_a_narrow_interval():
+    c = compare_runs(synthetic([100.0] * 4), synthetic([99.5] * 4))
+    assert c.metric("throughput_completion_tok_s").verdict == "no significant change"
+
+
+def test_bootstrap_interval_contains_the_ratio_and_is_reproducible():
+    base, cand = noisy(100, 6, 3), noisy(90, 6, 4)
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    low, high = bootstrap_ratio(base, cand, mean, random.Random(0))
+    assert low < mean(cand) / mean(base) < high
+    assert (low, high) == bootstrap_ratio(base, cand, mean, random.Random(0))
+
+
+def test_too_few_passes_warns_with_the_repeat_needed():
+    c = compare_runs(synthetic([100.0, 130.0]), synthetic([90.0, 70.0]))
+    assert any("too few for a useful interval" in w for w in c.warnings)
+    assert any("needs about repeat=" in w for w in c.warnings)
+
+
+# -- real runs ------------------------------------------------------------------------------------------
+AB = (*FAST, "repeat=5", "warmup=1", "num_requests=16", "max_new_tokens=48", "scheduler.max_batch_size=16")
+
+
+def compare(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "rosebench.compare", *args],
+        cwd=cwd,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.fixture(scope="module")
+def ab_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """default (a) and naive (b), logged to a real SQLite store as well."""
+    root = tmp_path_factory.mktemp("ab")
+    store = f"tracking.uri=sqlite:///{root / 'mlflow.db'}"
+    for name, extra in (("a", []), ("b", ["engine.attention=naive"])):
+        proc = run_cli(root, *AB, "tracking=mlflow", store, *extra, f"hydra.run.dir={name}")
+        assert_ok(proc)
+    return root
+
+
+@pytest.mark.slow
+def test_naive_attention_is_worse_and_fails_the_gate(ab_runs: Path) -> None:
+    proc = compare(
+        ab_runs, "a", "b", "--allow", "engine.attention", "--fail-if-worse", "5", "--json", "c.json"
+    )
+    assert proc.returncode == 1, describe(proc)
+    data = json.loads((ab_runs / "c.json").read_text())
+    [c] = data["comparisons"]
+    throughput = next(m for m in c["metrics"] if m["metric"] == "throughput_completion_tok_s")
+    assert throughput["verdict"] == "worse" and throughput["ci_high"] < 0.95, throughput
+    assert c["config_differences"] == {"engine.attention": {"baseline": "slot", "candidate": "naive"}}
+    assert "config differs (allowed): engine.attention = slot vs naive" in proc.stdout
+    assert "throughput_completion_tok_s worse by more than 5.0%" in proc.stderr
+
+
+@pytest.mark.slow
+def test_configs_that_differ_are_refused_in_one_line(ab_runs: Path) -> None:
+    proc = compare(ab_runs, "a", "b")
+    assert proc.returncode == 2, describe(proc)
+    assert proc.stderr.strip() == (
+        "rosebench.compare: error: the configs differ in engine.attention (slot vs naive); "
+        "compare anyway with --allow engine.attention"
+    )
+    assert proc.stdout == ""
+
+
+@pytest.mark.slow
+def test_a_run_against_itself_passes_the_gate(ab_runs: Path) -> None:
+    proc = compare(ab_runs, "a", "a", "--fail-if-worse", "0", "--markdown", "same.md")
+    assert proc.returncode == 0, describe(proc)
+    assert "| throughput_completion_tok_s |" in (ab_runs / "same.md").read_text()
+    assert "worse" not in proc.stdout and "better" not in proc.stdout
+
+
+@pytest.mark.slow
+def test_mlflow_run_ids_compare_like_their_folders(ab_runs: Path) -> None:
+    ids = [json.loads((ab_runs / d / "tracking.json").read_text())["run_id"] for d in ("a", "b")]
+    uri = f"sqlite:///{ab_runs / 'mlflow.db'}"
+    by_id = compare(ab_runs, *ids, "--uri", uri, "--allow", "engine.attention", "--json", "ids.json")
+    by_folder = compare(ab_runs, "a", "b", "--allow", "engine.attention", "--json", "folders.json")
+    assert by_id.returncode == by_folder.returncode == 0, describe(by_id)
+    assert f"baseline run {ids[0]}" in by_id.stdout and "Downloading" not in by_id.stderr
+    metrics = [
+        json.loads((ab_runs / f).read_text())["comparisons"][0]["metrics"]
+        for f in ("ids.json", "folders.json")
+    ]
+    assert metrics[0] == metrics[1]
+    missing = compare(ab_runs, "0123456789abcdef0123456789abcdef", "b", "--uri", uri)
+    assert missing.returncode == 2 and "not a run in" in missing.stderr and "Traceback" not in missing.stderr
+
+
+@pytest.mark.slow
+def test_sweeps_match_points_and_list_the_missing_one(tmp_path: Path) -> None:
+    for name, points in (("base", "2,4"), ("cand", "2,4,6")):
+        proc = run_cli(
+            tmp_path, "--multirun", *FAST, "repeat=2", f"num_requests={points}", f"hydra.sweep.dir={name}"
+        )
+        assert_ok(proc)
+    proc = compare(tmp_path, "base", "cand", "--json", "sweeps.json")
+    assert proc.returncode == 0, describe(proc)
+    data = json.loads((tmp_path / "sweeps.json").read_text())
+    assert [c["point"] for c in data["comparisons"]] == ["num_requests=2", "num_requests=4"]
+    assert data["only_candidate"] == ["num_requests=6"] and data["only_baseline"] == []
+    assert "only in the candidate sweep: num_requests=6" in proc.stdout
+    assert "too few for a useful interval" in proc.stdout  # repeat=2
+    one_run = next((tmp_path / "cand").rglob("results.json")).parent
+    mixed = compare(tmp_path, "base", str(one_run))
+    assert mixed.returncode == 2 and "compare a run with a run, or a sweep with a sweep" in mixed.stderr
+    not_a_run = compare(tmp_path, "base", "cand/multirun.yaml")
+    assert not_a_run.returncode == 2, describe(not_a_run)
+    assert "cand/multirun.yaml: neither a run folder (results.json) nor a sweep folder" in not_a_run.stderr
+
+
+@pytest.mark.slow
+def test_log_records_the_comparison_as_an_mlflow_run(ab_runs: Path) -> None:
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{ab_runs / 'mlflow.db'}"
+    proc = compare(
+        ab_runs, "a", "b", "--allow", "engine.attention", "--log", "--uri", uri, "--json", "log.json"
+    )
+    assert proc.returncode == 0, describe(proc)
+    client = MlflowClient(tracking_uri=uri)
+    [run] = client.search_runs([client.get_experiment_by_name("rosebench-compare").experiment_id])
+    ids = [json.loads((ab_runs / d / "tracking.json").read_text())["run_id"] for d in ("a", "b")]
+    assert [run.data.tags["baseline_run_id"], run.data.tags["candidate_run_id"]] == ids
+    [c] = json.loads((ab_runs / "log.json").read_text())["comparisons"]
+    throughput = next(m for m in c["metrics"] if m["metric"] == "throughput_completion_tok_s")
+    assert run.data.metrics["ratio/throughput_completion_tok_s"] == pytest.approx(throughput["ratio"])
+    assert run.data.metrics["ci_high/throughput_completion_tok_s"] == pytest.approx(throughput["ci_high"])
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert artifacts == {"comparison.md", "comparison.json"} and run.info.status == "FINISHED"
+    assert run.info.run_id in proc.stdout
