@@ -1,5 +1,8 @@
 """Did my change help? Compare a baseline and a candidate: runs, sweeps, or MLflow runs.
 
+A folder of runs that differ only in ``trial`` is one side of several runs (see the README: take the two
+sides' runs in turn). A sweep folder's points are matched by their other swept values.
+
 python -m rosebench.compare outputs/2026-11-30/10-00-00 outputs/2026-11-30/10-05-00
 python -m rosebench.compare outputs/multirun/A outputs/multirun/B --markdown cmp.md --json cmp.json
 python -m rosebench.compare RUN_ID_A RUN_ID_B --uri sqlite:///mlflow.db --fail-if-worse 5
@@ -49,7 +52,7 @@ def _side(source: str, uri: str | None, downloads: Path) -> Run | dict[str, Run]
         points = sweep_points(path)
         if not points:
             raise ComparisonError(f"{path}: no run folder (results.json) in it")
-        return points
+        return points.get("", points)  # a sweep over trial alone is one side of several runs
     if path.exists() or "/" in source:
         raise ComparisonError(f"{source}: neither a run folder (results.json) nor a sweep folder")
     return _mlflow_run(source, uri, downloads)

@@ -1,14 +1,15 @@
 """Did a change help? Two runs (or two sweeps) compared metric by metric, with a confidence interval.
 
 Method: for each headline metric, the ratio candidate / baseline of the mean over the timed passes (what
-results.json reports), and a 95% percentile bootstrap interval of that ratio (each side's passes resampled
-with replacement, independently, ``RESAMPLES`` times). A verdict is "better" or "worse" only when the
-interval excludes 1 and the change is at least ``NEGLIGIBLE``; which side of 1 is better depends on the
-metric (higher throughput, lower latency and memory). Passes, not requests, are the samples: an offline
-pass's requests share one prefill (identical TTFTs: a zero-width interval), and requests of one pass see
-none of the pass-to-pass spread. Passes of one run see no run-to-run drift either (measured on this
-project's shared machine: two runs of one config 0.61x apart), so a verdict says the two runs differ, and
-the change is the likely cause only on a quiet machine.
+results.json reports), and a 95% percentile bootstrap interval of that ratio, each side resampled
+independently ``RESAMPLES`` times. A side may be several runs of one config (a sweep over ``trial``): then
+the bootstrap is two-level, runs first and each picked run's passes next, so the interval holds the
+run-to-run drift that passes of one run never see (two runs of one config measured 1.11x apart here while
+each run's passes agreed within 5%). A verdict is "better" or "worse" only when the interval excludes 1
+and the change is at least ``NEGLIGIBLE``; which side of 1 is better depends on the metric (higher
+throughput, lower latency and memory). Passes, not requests, are the samples: an offline pass's requests
+share one prefill (identical TTFTs: a zero-width interval), and one pass's requests see none of the
+pass-to-pass spread.
 
 No MLflow and no torch here: ``rosebench.compare`` reads the runs and writes the outputs.
 """
@@ -18,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,7 @@ HEADLINE: list[tuple[str, bool]] = [
 ]
 _PER_REQUEST = {"ttft": "ttft_ms", "e2e": "e2e_ms"}  # outputs.jsonl columns with one value per request
 # Keys that may differ without making two runs incomparable: where results go, and how they are observed.
-IGNORED_CONFIG = ("tracking.", "profile.", "repeat", "warmup")
+IGNORED_CONFIG = ("tracking.", "profile.", "repeat", "warmup", "trial")
 ENVIRONMENT_KEYS = ("device", "device_name", "torch", "cuda", "cpu", "cpu_capability", "git_commit")
 
 
@@ -53,11 +54,11 @@ class ComparisonError(ValueError):
 
 @dataclass
 class Run:
-    """One side of a comparison: a run's results, and where they came from."""
+    """One side of a comparison: one run, or several runs of one config (its trials), and their source."""
 
-    label: str  # the folder or MLflow run id
-    results: RunResults
-    run_id: str | None = None  # its MLflow run, when it was logged
+    label: str  # the folder, sweep point or MLflow run id
+    runs: list[RunResults]
+    run_id: str | None = None  # its MLflow run, when it is one logged run
 
     @classmethod
     def from_folder(cls, run_dir: Path, label: str | None = None, run_id: str | None = None) -> Run:
@@ -65,10 +66,19 @@ class Run:
         if results is None:
             raise ComparisonError(why)
         record = TrackingRecord.read(run_dir)
-        return cls(label or str(run_dir), results, run_id or (record.run_id if record else None))
+        return cls(label or str(run_dir), [results], run_id or (record.run_id if record else None))
 
-    def passes(self, metric: str) -> list[float]:
-        return [p[metric] for p in self.results.passes if metric in p]
+    @property
+    def results(self) -> RunResults:
+        """The first run: its config and environment stand for the side's (trials differ in nothing else)."""
+        return self.runs[0]
+
+    def passes(self, metric: str) -> list[list[float]]:
+        """Each run's pass values of ``metric``."""
+        return [[p[metric] for p in r.passes if metric in p] for r in self.runs]
+
+    def has(self, metric: str) -> bool:
+        return all(metric in r.metrics for r in self.runs)
 
 
 @dataclass
@@ -142,14 +152,19 @@ def compare_runs(
     rng = random.Random(seed)
     metrics, warnings = [], []
     for metric, higher_is_better in HEADLINE:
-        if metric not in baseline.results.metrics or metric not in candidate.results.metrics:
+        if not (baseline.has(metric) and candidate.has(metric)):
             continue
         metrics.append(_compare_metric(metric, higher_is_better, baseline, candidate, rng))
-    passes = (len(baseline.results.passes), len(candidate.results.passes))
+    passes = tuple(sum(len(r.passes) for r in side.runs) for side in (baseline, candidate))
     if min(passes) < MIN_PASSES:
         warnings.append(
             f"{passes[0]} and {passes[1]} timed passes: too few for a useful interval (at least "
             f"{MIN_PASSES} each; repeat=N sets it)"
+        )
+    if len(baseline.runs) == 1 or len(candidate.runs) == 1:
+        warnings.append(
+            "one run on a side: its passes show no run-to-run drift (repeat both runs in turn with "
+            "trial=0,1,2 into one folder a side, and compare the folders)"
         )
     needed = _repeat_needed(baseline, candidate, HEADLINE[0][0])
     if needed is not None and needed > min(passes):
@@ -173,13 +188,13 @@ def compare_runs(
 def _compare_metric(
     metric: str, higher_is_better: bool, baseline: Run, candidate: Run, rng: random.Random
 ) -> MetricComparison:
-    base_values, cand_values = baseline.passes(metric), candidate.passes(metric)
-    base, cand = baseline.results.metrics[metric], candidate.results.metrics[metric]
+    base_runs, cand_runs = baseline.passes(metric), candidate.passes(metric)
+    base, cand = _mean(sum(base_runs, [])), _mean(sum(cand_runs, []))
     ratio = cand / base if base else math.nan
-    samples = f"{len(base_values)}/{len(cand_values)}"
-    if min(len(base_values), len(cand_values)) < 2 or not base:
+    samples = "/".join(_count(runs) for runs in (base_runs, cand_runs))
+    if min(sum(map(len, base_runs)), sum(map(len, cand_runs))) < 2 or not base:
         return MetricComparison(metric, base, cand, ratio, None, None, "not enough samples", samples)
-    low, high = bootstrap_ratio(base_values, cand_values, _mean, rng)
+    low, high = bootstrap_ratio(base_runs, cand_runs, rng)
     if abs(ratio - 1) < NEGLIGIBLE or low <= 1.0 <= high:
         verdict = "no significant change"
     elif (low > 1.0) == higher_is_better:
@@ -189,23 +204,36 @@ def _compare_metric(
     return MetricComparison(metric, base, cand, ratio, low, high, verdict, samples)
 
 
+def _count(runs: list[list[float]]) -> str:
+    """``5`` for one run of five passes, ``3x5`` for three runs of five (``3x?`` when they differ)."""
+    if len(runs) == 1:
+        return str(len(runs[0]))
+    sizes = {len(r) for r in runs}
+    return f"{len(runs)}x{sizes.pop() if len(sizes) == 1 else '?'}"
+
+
 def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values)
 
 
 def bootstrap_ratio(
-    baseline: Sequence[float],
-    candidate: Sequence[float],
-    stat: Callable[[Sequence[float]], float],
+    baseline: Sequence[Sequence[float]],
+    candidate: Sequence[Sequence[float]],
     rng: random.Random,
     resamples: int = RESAMPLES,
 ) -> tuple[float, float]:
-    """The ``CONFIDENCE`` percentile interval of stat(candidate) / stat(baseline), each side resampled."""
+    """The ``CONFIDENCE`` percentile interval of mean(candidate) / mean(baseline), where each side is a list
+    of runs' pass values, resampled in two levels: runs with replacement, then each picked run's passes."""
+
+    def draw(runs: Sequence[Sequence[float]]) -> float:
+        picked = [v for run in rng.choices(runs, k=len(runs)) for v in rng.choices(run, k=len(run))]
+        return _mean(picked)
+
     ratios = []
     for _ in range(resamples):
-        base = stat(rng.choices(baseline, k=len(baseline)))
+        base = draw(baseline)
         if base:
-            ratios.append(stat(rng.choices(candidate, k=len(candidate))) / base)
+            ratios.append(draw(candidate) / base)
     tail = (1 - CONFIDENCE) / 2 * 100
     return percentile(ratios, tail), percentile(ratios, 100 - tail)
 
@@ -214,8 +242,8 @@ def _repeat_needed(baseline: Run, candidate: Run, metric: str) -> int | None:
     """Passes per side for a 95% interval of the ratio of means to be narrower than +-RESOLVE_CHANGE,
     from the observed coefficients of variation (normal approximation)."""
     cvs = []
-    for run in (baseline, candidate):
-        values = run.passes(metric)
+    for side in (baseline, candidate):
+        values = sum(side.passes(metric), [])
         if len(values) < 2 or not sum(values):
             return None
         mean = _mean(values)
@@ -232,11 +260,22 @@ class SweepComparison:
 
 
 def sweep_points(sweep_dir: Path) -> dict[str, Run]:
-    """A sweep folder's runs keyed by their swept values (``num_requests=16``), in folder order."""
+    """A sweep folder's runs keyed by their swept values (``num_requests=16``), in folder order; the runs of
+    one point that differ only in ``trial`` are pooled into one side. A sweep over ``trial`` alone is one
+    point, keyed ``""``."""
     runs = [Run.from_folder(d) for d in find_run_folders(sweep_dir)]
     values = [override_values(r.results.run.overrides) for r in runs]
-    swept = [k for k in dict.fromkeys(k for v in values for k in v) if len({v.get(k) for v in values}) > 1]
-    return {" ".join(f"{k}={v.get(k)}" for k in swept) or run.label: run for run, v in zip(runs, values)}
+    keys = dict.fromkeys(k for v in values for k in v if k != "trial")
+    swept = [k for k in keys if len({v.get(k) for v in values}) > 1]
+    points: dict[str, Run] = {}
+    for run, v in zip(runs, values):
+        point = " ".join(f"{k}={v.get(k)}" for k in swept)
+        if point in points:
+            points[point].runs += run.runs
+            points[point].run_id = None
+        else:
+            points[point] = Run(point or str(sweep_dir), run.runs, run.run_id)
+    return points
 
 
 def compare_sweeps(

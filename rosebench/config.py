@@ -40,6 +40,7 @@ class RunConfig:
     seed: int = 0
     warmup: int = 1  # untimed passes with the run's own shapes
     repeat: int = 3  # timed passes; metrics are their mean (and std)
+    trial: int = 0  # a label that changes nothing: `--multirun trial=0,1,2` repeats a run (rosebench.compare)
     # Built in field order: the scheduler before the engine, so that a bad scheduler.max_batch_size is
     # reported under its own name rather than as the engine.max_num_seqs interpolated from it.
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
@@ -55,8 +56,9 @@ class RunConfig:
         for key in ("num_requests", "max_new_tokens", "repeat"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key}={getattr(self, key)}: must be >= 1")
-        if self.warmup < 0:
-            raise ValueError(f"warmup={self.warmup}: must be >= 0")
+        for key in ("warmup", "trial"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"{key}={getattr(self, key)}: must be >= 0")
         if not 0 <= self.seed < SEED_LIMIT:
             raise ValueError(f"seed={self.seed}: must be in [0, 2**32)")
         if self.num_requests > MAX_REQUESTS:
