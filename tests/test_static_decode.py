@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from rosebench.engine import Engine, EngineConfig, KVCacheConfig, SamplingParams
-from rosebench.engine.sampler import Sampler
-from rosebench.engine.static_decode import batch_buckets, context_buckets, sample_on_device
+from rosebench.engine.sampler import Sampler, candidate_count, sample_on_device
+from rosebench.engine.static_decode import batch_buckets, context_buckets
 from rosebench.scheduler import OfflineScheduler, SchedulerConfig
 from rosebench.workload import Request
 
@@ -55,7 +55,7 @@ def test_sample_on_device_draws_what_the_sampler_draws(trial):
     got = sample_on_device(
         logits,
         torch.tensor([p.temperature for p in params]),
-        torch.tensor([p.top_k if 0 < p.top_k < vocab else vocab for p in params]),
+        torch.tensor([candidate_count(p, vocab) for p in params]),
         torch.tensor([p.top_p for p in params]),
         torch.tensor(seeds),
         torch.tensor(positions),

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch.profiler import record_function
 
 from rosebench.engine.kv_cache import SlotKVCache
+from rosebench.engine.model import KVAttention
 
 
 @dataclass
@@ -111,7 +112,7 @@ class LabelledAttention:
     """Wraps a ``KVAttention`` so that each layer's cache write and attention show as profiler regions:
     ``profile.detail=layer``. Not the default: the labels cost host time on every layer."""
 
-    def __init__(self, inner: SlotAttention) -> None:
+    def __init__(self, inner: KVAttention) -> None:
         self.inner = inner
 
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:

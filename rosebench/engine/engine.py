@@ -18,7 +18,7 @@ from rosebench.engine.config import EOS_TOKEN_ID, EngineConfig
 from rosebench.engine.cpu_linear import prepack, prepack_supported
 from rosebench.engine.kv_cache import SlotKVCache
 from rosebench.engine.placement import SlotPlacement
-from rosebench.engine.sampler import Sampler
+from rosebench.engine.sampler import Sampler, candidate_count
 from rosebench.engine.sequence import Sequence, SequenceStatus, request_seed
 from rosebench.engine.static_decode import StaticDecoder
 from rosebench.engine.weights import build_model
@@ -282,7 +282,7 @@ class Engine:
             return self._static.run(
                 token_ids=[s.last_token_id for s in batch],
                 positions=starts,
-                top_k=[s.params.top_k if 0 < s.params.top_k < vocab else vocab for s in batch],
+                top_k=[candidate_count(s.params, vocab) for s in batch],
                 seeds=[self._seed(s) for s in batch],
                 temperature=[s.params.temperature for s in batch],
                 top_p=[s.params.top_p for s in batch],

@@ -29,6 +29,54 @@ def uniform_noise(seeds: torch.Tensor, positions: torch.Tensor, token_ids: torch
     return ((bits >> 8).float() + 0.5) / float(1 << 24)
 
 
+def candidate_count(params: SamplingParams, vocab: int) -> int:
+    """How many top candidates ``params`` samples from: its top-k, or the whole vocabulary when off."""
+    return params.top_k if 0 < params.top_k < vocab else vocab
+
+
+def gumbel_choice(
+    values: torch.Tensor,  # [B, K] candidate logits, descending
+    token_ids: torch.Tensor,  # [B, K] their token ids
+    temperature: torch.Tensor,  # [B] > 0
+    top_k: torch.Tensor,  # [B] candidates kept by rank
+    top_p: torch.Tensor,  # [B] in (0, 1]
+    seeds: torch.Tensor,  # [B] int64
+    positions: torch.Tensor,  # [B] int64, the noise counter: the sequence's length before this token
+    top_p_active: bool = True,  # False: every top_p is 1, and the nucleus need not be computed
+) -> torch.Tensor:
+    """The drawn token of each row: temperature, top-k, top-p, then Gumbel-max with counter-based noise.
+    The one draw both samplers make, so the eager and the static step pick the same tokens."""
+    scaled = values / temperature.unsqueeze(-1)
+    rank = torch.arange(values.shape[-1], device=values.device)
+    keep = rank.unsqueeze(0) < top_k.unsqueeze(-1)
+    if top_p_active:
+        probs = torch.softmax(scaled.masked_fill(~keep, float("-inf")), dim=-1)
+        mass_before = probs.cumsum(dim=-1) - probs
+        # The first candidate always stays; top_p = 1 keeps all, whatever float rounding the sum has.
+        keep &= (mass_before < top_p.unsqueeze(-1)) | (top_p.unsqueeze(-1) >= 1.0)
+    gumbel = -torch.log(-torch.log(uniform_noise(seeds, positions, token_ids)))
+    choice = (scaled + gumbel).masked_fill(~keep, float("-inf")).argmax(dim=-1, keepdim=True)
+    return token_ids.gather(-1, choice).squeeze(-1)
+
+
+def sample_on_device(
+    logits: torch.Tensor,  # [B, V] float32
+    temperature: torch.Tensor,  # [B] 0 = greedy
+    top_k: torch.Tensor,  # [B] in [1, V]
+    top_p: torch.Tensor,  # [B] in (0, 1]
+    seeds: torch.Tensor,  # [B] int64
+    positions: torch.Tensor,  # [B] int64
+) -> torch.Tensor:
+    """``Sampler``'s draw with no host-side branch, for a graph-captured step: every row goes through the
+    full-vocabulary sort, greedy rows take the argmax."""
+    greedy = temperature == 0
+    values, token_ids = logits.sort(dim=-1, descending=True)
+    drawn = gumbel_choice(
+        values, token_ids, torch.where(greedy, 1.0, temperature), top_k, top_p, seeds, positions
+    )
+    return torch.where(greedy, logits.argmax(dim=-1), drawn)
+
+
 class Sampler:
     def __call__(
         self,
@@ -56,28 +104,19 @@ class Sampler:
         self, logits: torch.Tensor, params: list[SamplingParams], seeds: list[int], positions: list[int]
     ) -> torch.Tensor:
         device, vocab = logits.device, logits.shape[-1]
-        temperature = torch.tensor([p.temperature for p in params], device=device).unsqueeze(-1)
-        top_p = torch.tensor([p.top_p for p in params], device=device).unsqueeze(-1)
-        top_k = torch.tensor([p.top_k if 0 < p.top_k < vocab else vocab for p in params], device=device)
+        top_k = [candidate_count(p, vocab) for p in params]
         # Candidates in descending order: top-k of the largest k asked for, a full sort only when needed.
-        k_max = int(max(p.top_k if 0 < p.top_k < vocab else vocab for p in params))
-        if k_max < vocab:
-            values, token_ids = logits.topk(k_max, dim=-1)
+        if max(top_k) < vocab:
+            values, token_ids = logits.topk(max(top_k), dim=-1)
         else:
             values, token_ids = logits.sort(dim=-1, descending=True)
-        scaled = values / temperature
-        rank = torch.arange(values.shape[-1], device=device)
-        keep = rank.unsqueeze(0) < top_k.unsqueeze(-1)
-        if any(p.top_p < 1.0 for p in params):
-            probs = torch.softmax(scaled.masked_fill(~keep, float("-inf")), dim=-1)
-            mass_before = probs.cumsum(dim=-1) - probs
-            # The first candidate always stays; top_p = 1 keeps all, whatever float rounding the sum has.
-            keep &= (mass_before < top_p) | (top_p >= 1.0)
-        noise = uniform_noise(
+        return gumbel_choice(
+            values,
+            token_ids,
+            torch.tensor([p.temperature for p in params], device=device),
+            torch.tensor(top_k, device=device),
+            torch.tensor([p.top_p for p in params], device=device),
             torch.tensor(seeds, device=device, dtype=torch.int64),
             torch.tensor(positions, device=device, dtype=torch.int64),
-            token_ids,
+            top_p_active=any(p.top_p < 1.0 for p in params),
         )
-        gumbel = -torch.log(-torch.log(noise))
-        choice = (scaled + gumbel).masked_fill(~keep, float("-inf")).argmax(dim=-1, keepdim=True)
-        return token_ids.gather(-1, choice).squeeze(-1)
