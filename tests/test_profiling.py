@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -233,20 +234,21 @@ def _graph_decode_step(t: _CudaTrace, n: int, at: float, kernels: int = 12) -> N
     t.device("gpu_memcpy", "Memcpy DtoH (Device -> Pinned)", at + 25 + 2 * kernels, 1, ids)
 
 
-def _eager_trace() -> dict:
+def _decode_trace(decode_step: Callable[[_CudaTrace, int, float], None]) -> dict:
+    """A prefill step, then three decode steps built by ``decode_step``, 100 us each."""
     t = _CudaTrace()
     _prefill_step(t, 10, 0)
     for n in (11, 12, 13):
-        _eager_decode_step(t, n, 100 * (n - 10))
+        decode_step(t, n, 100 * (n - 10))
     return t.trace()
+
+
+def _eager_trace() -> dict:
+    return _decode_trace(_eager_decode_step)
 
 
 def _graph_trace() -> dict:
-    t = _CudaTrace()
-    _prefill_step(t, 10, 0)
-    for n in (11, 12, 13):
-        _graph_decode_step(t, n, 100 * (n - 10))
-    return t.trace()
+    return _decode_trace(_graph_decode_step)
 
 
 def test_eager_decode_steps_count_their_own_kernels_even_when_they_run_late():

@@ -61,8 +61,8 @@ def packed_linear(x: torch.Tensor, bias: torch.Tensor | None, key: int, out_feat
 
 
 @packed_linear.register_fake
-def _(x, bias, key, out_features):  # noqa: ANN001, ANN202 (a shape rule)
-    return x.new_empty((*x.shape[:-1], out_features))
+def _(x: torch.Tensor, bias: torch.Tensor | None, key: int, out_features: int) -> torch.Tensor:
+    return x.new_empty((*x.shape[:-1], out_features))  # the output's shape, for tracing
 
 
 class PackedLinear(nn.Module):

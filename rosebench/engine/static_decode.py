@@ -84,7 +84,17 @@ def write_and_attend(
 
 
 @write_and_attend.register_fake
-def _(q, k, v, k_cache, v_cache, layer, slots, positions, mask):  # noqa: ANN001, ANN202 (a shape rule)
+def _(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    layer: int,
+    slots: torch.Tensor,
+    positions: torch.Tensor,
+    mask: torch.Tensor,
+) -> torch.Tensor:  # the output's shape, for tracing
     return torch.empty_like(q)
 
 
