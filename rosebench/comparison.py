@@ -21,7 +21,9 @@ import math
 import random
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from itertools import chain
 from pathlib import Path
+from statistics import fmean, stdev
 from typing import Any
 
 from rosebench.metrics import percentile
@@ -189,7 +191,7 @@ def _compare_metric(
     metric: str, higher_is_better: bool, baseline: Run, candidate: Run, rng: random.Random
 ) -> MetricComparison:
     base_runs, cand_runs = baseline.passes(metric), candidate.passes(metric)
-    base, cand = _mean(sum(base_runs, [])), _mean(sum(cand_runs, []))
+    base, cand = fmean(chain.from_iterable(base_runs)), fmean(chain.from_iterable(cand_runs))
     ratio = cand / base if base else math.nan
     samples = "/".join(_count(runs) for runs in (base_runs, cand_runs))
     if min(sum(map(len, base_runs)), sum(map(len, cand_runs))) < 2 or not base:
@@ -212,10 +214,6 @@ def _count(runs: list[list[float]]) -> str:
     return f"{len(runs)}x{sizes.pop() if len(sizes) == 1 else '?'}"
 
 
-def _mean(values: Sequence[float]) -> float:
-    return sum(values) / len(values)
-
-
 def bootstrap_ratio(
     baseline: Sequence[Sequence[float]],
     candidate: Sequence[Sequence[float]],
@@ -227,7 +225,7 @@ def bootstrap_ratio(
 
     def draw(runs: Sequence[Sequence[float]]) -> float:
         picked = [v for run in rng.choices(runs, k=len(runs)) for v in rng.choices(run, k=len(run))]
-        return _mean(picked)
+        return fmean(picked)
 
     ratios = []
     for _ in range(resamples):
@@ -243,11 +241,10 @@ def _repeat_needed(baseline: Run, candidate: Run, metric: str) -> int | None:
     from the observed coefficients of variation (normal approximation)."""
     cvs = []
     for side in (baseline, candidate):
-        values = sum(side.passes(metric), [])
+        values = list(chain.from_iterable(side.passes(metric)))
         if len(values) < 2 or not sum(values):
             return None
-        mean = _mean(values)
-        cvs.append(math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) / mean)
+        cvs.append(stdev(values) / fmean(values))
     return math.ceil(1.96**2 * (cvs[0] ** 2 + cvs[1] ** 2) / RESOLVE_CHANGE**2)
 
 
