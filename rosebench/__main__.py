@@ -12,16 +12,16 @@ from collections.abc import Callable
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from rosebench.conf_dir import conf_dir
 from rosebench.config import ConfigError, RunConfig, load_config, register_configs
-from rosebench.overrides import parse_overrides
+from rosebench.overrides import naming_overrides, swept_keys
 from rosebench.results import ProfileRecord, RunInfo, RunResults
 from rosebench.signals import STOP_MARK, stop_signals_as_interrupt
 from rosebench.tracking.settings import TrackingSettings, redact, redact_logs, redact_uri, uri_password
@@ -33,26 +33,38 @@ if TYPE_CHECKING:
 log = logging.getLogger("rosebench")
 register_configs()
 
-_UNNAMED_KEYS = ("mode", "tracking.uri")  # the mode leads the name anyway; a URI is no name
-
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def _run_name(config: RunConfig, model: str, overrides: list[str], swept: list[str]) -> str:
+    """A sweep point: its swept values first (what tells it from its siblings), then mode and model.
+    A single run: mode and its overrides (the mode leads anyway, so ``mode=`` is not repeated)."""
+    named = [o for o in naming_overrides(overrides) if o.key_or_group != "mode"]
+    if swept:
+        values = {o.key_or_group: o.input_line for o in named}
+        return " ".join([*(values[k] for k in swept if k in values), f"{config.mode}-{model}"])
+    shown = [o.input_line for o in named]
+    weights = [model] if config.engine.weights else []
+    return "-".join([config.mode, *shown, *weights]) if shown else f"{config.mode}-{model}"
+
+
+def _swept_keys(sweep_dir: Path, sweeper_params: Any) -> list[str]:
+    """The keys the sweep varies, in command-line order: the launcher saved its overrides in
+    multirun.yaml (each job's own overrides hold single values); then the sweeper's config params."""
+    saved = sweep_dir / "multirun.yaml"
+    overrides = OmegaConf.load(saved).hydra.overrides.task if saved.is_file() else []
+    return list(dict.fromkeys([*swept_keys(overrides), *(sweeper_params or {})]))
+
+
 def _run_info(config: RunConfig, model: str) -> RunInfo:
     hc = HydraConfig.get()
     overrides = list(hc.overrides.task)
-    shown = [
-        o.input_line
-        for o in parse_overrides(overrides)
-        if o.key_or_group not in _UNNAMED_KEYS and not o.key_or_group.startswith("hydra.")
-    ]
     multirun = hc.mode == RunMode.MULTIRUN
+    swept = _swept_keys(Path(hc.sweep.dir), hc.sweeper.get("params")) if multirun else []
     return RunInfo(
-        name="-".join([config.mode, *shown, *([model] if config.engine.weights else [])])
-        if shown
-        else f"{config.mode}-{model}",
+        name=_run_name(config, model, overrides, swept),
         mode=config.mode,
         profiled=config.profile.enabled,
         overrides=overrides,
@@ -137,7 +149,7 @@ def benchmark(config: RunConfig) -> dict[str, float]:
         from rosebench.tracking.store import ui_hint
 
         record = tracked.record
-        print(f"mlflow: {ui_hint(record.tracking_uri, record.experiment_id, record.run_id)}")
+        print(f"mlflow: {ui_hint(record.tracking_uri, record.run_id, record.url)}")
     if outcome.interrupted is not None:
         kept = f"{len(outcome.passes)} finished timed pass{'' if len(outcome.passes) == 1 else 'es'}"
         print(

@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 from rosebench.comparison import (
-    HEADLINE,
     Comparison,
     ComparisonError,
     Run,
@@ -35,7 +34,7 @@ from rosebench.comparison import (
     to_text,
 )
 from rosebench.files import write_atomic
-from rosebench.results import RESULTS_FILE
+from rosebench.results import HEADLINE_METRICS, RESULTS_FILE
 
 
 def _fail(message: str) -> int:
@@ -86,7 +85,13 @@ def _log_comparison(
     the Markdown and JSON reports as artifacts. Returns where to look at it."""
     from mlflow.entities import Metric, RunTag
 
-    from rosebench.tracking.store import connect, get_or_create_experiment, resolve_tracking_uri, ui_hint
+    from rosebench.tracking.store import (
+        connect,
+        get_or_create_experiment,
+        resolve_tracking_uri,
+        runs_table_url,
+        ui_hint,
+    )
 
     resolved = resolve_tracking_uri(uri)
     client = connect(resolved)
@@ -112,12 +117,12 @@ def _log_comparison(
     for artifact, text in reports.items():
         client.log_text(run.info.run_id, text, artifact)
     client.set_terminated(run.info.run_id)
-    return ui_hint(resolved, experiment_id, run.info.run_id)
+    return ui_hint(resolved, run.info.run_id, runs_table_url(resolved, experiment_id, view=None))
 
 
 def _worse_than(comparisons: list[Comparison], metric: str, pct: float) -> list[str]:
     """The points where ``metric`` is worse by more than ``pct`` percent and significantly so."""
-    higher_is_better = dict(HEADLINE)[metric]
+    higher_is_better = HEADLINE_METRICS[metric]
     failing = []
     for c in comparisons:
         m = c.metric(metric)
@@ -139,7 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--allow", action="append", default=[], metavar="KEY", help="a config key (or prefix) that may differ"
     )
-    parser.add_argument("--metric", default=HEADLINE[0][0], help="the metric --fail-if-worse judges")
+    parser.add_argument(
+        "--metric", default=next(iter(HEADLINE_METRICS)), help="the metric --fail-if-worse judges"
+    )
     parser.add_argument(
         "--fail-if-worse", type=float, metavar="PCT", help="exit 1 when significantly worse by more"
     )
@@ -151,8 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log", action="store_true", help="also log the comparison as an MLflow run (--uri)")
     parser.add_argument("--experiment", default="rosebench-compare", help="the MLflow experiment for --log")
     args = parser.parse_args(argv)
-    if args.metric not in dict(HEADLINE):
-        return _fail(f"--metric {args.metric}: allowed values are {', '.join(dict(HEADLINE))}")
+    if args.metric not in HEADLINE_METRICS:
+        return _fail(f"--metric {args.metric}: allowed values are {', '.join(HEADLINE_METRICS)}")
     if args.fail_if_worse is not None and not 0 <= args.fail_if_worse < 100:
         return _fail(f"--fail-if-worse {args.fail_if_worse}: must be a percentage in [0, 100)")
 

@@ -28,7 +28,7 @@ from typing import Any
 
 from rosebench.metrics import percentile
 from rosebench.overrides import override_values
-from rosebench.results import RunResults
+from rosebench.results import HEADLINE_METRICS, RunResults
 from rosebench.tracking.run_folder import TrackingRecord, find_run_folders, flatten, param_text, read_results
 
 RESAMPLES = 2000
@@ -36,14 +36,6 @@ CONFIDENCE = 0.95
 RESOLVE_CHANGE = 0.05  # the change the "too few passes" warning sizes `repeat` for
 MIN_PASSES = 3
 NEGLIGIBLE = 0.01  # a change smaller than 1% is no change, however narrow its interval (peak RSS)
-# (metric, higher is better). Peak memory is CUDA's allocator peak on a GPU, the process's RSS on a CPU.
-HEADLINE: list[tuple[str, bool]] = [
-    ("throughput_completion_tok_s", True),
-    ("request_throughput_req_s", True),
-    *((f"{m}_ms_{q}", False) for m in ("ttft", "tpot", "itl", "e2e") for q in ("p50", "p99")),
-    ("cuda_max_allocated_mb", False),
-    ("peak_rss_mb", False),
-]
 _PER_REQUEST = {"ttft": "ttft_ms", "e2e": "e2e_ms"}  # outputs.jsonl columns with one value per request
 # Keys that may differ without making two runs incomparable: where results go, and how they are observed.
 IGNORED_CONFIG = ("tracking.", "profile.", "repeat", "warmup", "trial")
@@ -153,7 +145,7 @@ def compare_runs(
     check_comparable(differences, allow)
     rng = random.Random(seed)
     metrics, warnings = [], []
-    for metric, higher_is_better in HEADLINE:
+    for metric, higher_is_better in HEADLINE_METRICS.items():
         if not (baseline.has(metric) and candidate.has(metric)):
             continue
         metrics.append(_compare_metric(metric, higher_is_better, baseline, candidate, rng))
@@ -168,11 +160,12 @@ def compare_runs(
             "one run on a side: its passes show no run-to-run drift (repeat both runs in turn with "
             "trial=0,1,2 into one folder a side, and compare the folders)"
         )
-    needed = _repeat_needed(baseline, candidate, HEADLINE[0][0])
+    throughput = next(iter(HEADLINE_METRICS))
+    needed = _repeat_needed(baseline, candidate, throughput)
     if needed is not None and needed > min(passes):
         warnings.append(
             f"the passes' spread needs about repeat={needed} on both sides for a "
-            f"{RESOLVE_CHANGE:.0%} change in {HEADLINE[0][0]} to be told from noise"
+            f"{RESOLVE_CHANGE:.0%} change in {throughput} to be told from noise"
         )
     return Comparison(
         baseline.label,

@@ -25,3 +25,24 @@ def override_values(overrides: Iterable[str]) -> dict[str, str]:
 def swept_keys(overrides: Iterable[str]) -> list[str]:
     """The keys an override list sweeps (``num_requests=1,16``, ``x=range(1,4)``, ...)."""
     return [o.key_or_group for o in parse_overrides(overrides) if o.is_sweep_override()]
+
+
+# Keys that say nothing about what was measured: the store results went to, Hydra's own settings.
+_UNNAMED = ("tracking.uri",)
+
+
+def naming_overrides(overrides: Iterable[str]) -> list[Override]:
+    """The overrides a run's name shows (not the tracking URI, not ``hydra.*``), in command-line order."""
+    return [
+        o
+        for o in parse_overrides(overrides)
+        if o.key_or_group not in _UNNAMED and not o.key_or_group.startswith("hydra.")
+    ]
+
+
+def sweep_name(overrides: Iterable[str]) -> str:
+    """``sweep num_requests=1,16,64 (engine=tiny)``: what was swept first, then what was fixed."""
+    named = naming_overrides(overrides)
+    swept = [o.input_line for o in named if o.is_sweep_override()]
+    fixed = [o.input_line for o in named if not o.is_sweep_override()]
+    return " ".join(["sweep", *swept, *([f"({' '.join(fixed)})"] if fixed else [])])

@@ -19,7 +19,7 @@ from rosebench.tracking.table import (
     RunRow,
     Table,
     child_runs,
-    experiment_runs,
+    experiment_rows,
     row_from_folder,
     row_from_run,
 )
@@ -38,8 +38,9 @@ def _rows(args: argparse.Namespace) -> list[RunRow]:
     if db is not None and not db.is_file():
         raise LookupError(f"no MLflow database at {db}")  # MlflowClient would create an empty one
     client = connect(uri)
-    runs = child_runs(client, args.parent) if args.parent else experiment_runs(client, args.experiment)
-    return [row_from_run(run) for run in runs]
+    if args.parent:
+        return [row_from_run(run, client) for run in child_runs(client, args.parent)]
+    return experiment_rows(client, args.experiment)
 
 
 def main(argv: list[str] | None = None) -> int:

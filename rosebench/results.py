@@ -19,6 +19,17 @@ from rosebench.profiling.summary import TraceSummary
 RESULTS_FILE = "results.json"
 FORMAT_VERSION = 2
 
+# The figures a reader looks at first (MLflow's metrics, comparisons, a sweep's best point), and whether
+# higher is better. Peak memory is CUDA's allocator peak on a GPU, the process's RSS on a CPU.
+HEADLINE_METRICS: dict[str, bool] = {
+    "throughput_completion_tok_s": True,
+    "throughput_total_tok_s": True,
+    "request_throughput_req_s": True,
+    **{f"{m}_ms_{q}": False for m in ("ttft", "tpot", "itl", "e2e") for q in ("p50", "p99")},
+    "cuda_max_allocated_mb": False,
+    "peak_rss_mb": False,
+}
+
 
 @dataclass
 class RunInfo:

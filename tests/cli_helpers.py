@@ -39,6 +39,18 @@ def run_cli(
     )
 
 
+def run_tool(cwd: Path, tool: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m rosebench.TOOL ARGS`` (upload, report, compare) in a subprocess."""
+    return subprocess.run(
+        [sys.executable, "-m", f"rosebench.{tool}", *args],
+        cwd=cwd,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
 def start_cli(cwd: Path, *args: str, stdout: int = subprocess.PIPE, **popen: Any) -> subprocess.Popen[str]:
     """``python -m rosebench ARGS`` started in the background (to signal it, or to start several at once);
     stderr is a pipe to read line by line."""

@@ -11,11 +11,10 @@ from __future__ import annotations
 import json
 import random
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from cli_helpers import FAST, assert_ok, cli_env, describe, run_cli
+from cli_helpers import FAST, assert_ok, describe, run_cli, run_tool
 
 from rosebench.comparison import Run, bootstrap_ratio, compare_runs
 from rosebench.results import RunInfo, RunResults
@@ -102,14 +101,7 @@ AB = (
 
 
 def compare(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "rosebench.compare", *args],
-        cwd=cwd,
-        env=cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_tool(cwd, "compare", *args)
 
 
 @pytest.fixture(scope="module")

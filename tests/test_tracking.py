@@ -15,11 +15,13 @@ from pathlib import Path
 
 import mlflow
 import pytest
+from matplotlib.container import ErrorbarContainer
 from mlflow import MlflowClient
 from omegaconf import OmegaConf
 
 from rosebench import report, upload
 from rosebench.tracking import TrackedRun, TrackingSettings, TrackingWarning, log_run_folder
+from rosebench.tracking.plots import SweepPoint, metric_vs_param_figure
 from rosebench.tracking.store import SWEEP_HANDOFF, resolve_tracking_uri
 from rosebench.tracking.sweep_callback import MlflowSweepCallback
 from rosebench.tracking.sweep_parent import SWEEP_TABLE
@@ -164,6 +166,12 @@ def artifact_paths(client: MlflowClient, run_id: str, path: str | None = None) -
     return found
 
 
+def figures_rows(client: MlflowClient, run_id: str) -> dict[str, dict]:
+    """The run's figures table (MLflow's log_table format), as metric -> row."""
+    table = json.loads(Path(client.download_artifacts(run_id, "figures.json")).read_text())
+    return {row[0]: dict(zip(table["columns"], row, strict=True)) for row in table["data"]}
+
+
 def run_python(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     return subprocess.run(
@@ -213,34 +221,34 @@ def test_tracked_run_logs_the_folder(tmp_path):
     assert params["profile.enabled"] == "True"
     assert len(params["note"]) == 6000
 
-    metrics = run.data.metrics
+    metrics = run.data.metrics  # the headline figures only; the rest are in the figures table
     assert metrics["throughput_completion_tok_s"] == pytest.approx(1600.0)
     assert metrics["ttft_ms_p50"] == pytest.approx(26.0)
-    assert metrics["throughput_completion_tok_s_std"] == pytest.approx(8.2)
-    assert metrics["profile/device_idle_fraction"] == pytest.approx(0.25)
-    history = client.get_metric_history(run.info.run_id, "pass/throughput_completion_tok_s")
-    assert [(m.step, round(m.value, 6)) for m in sorted(history, key=lambda m: m.step)] == [
-        (0, 1440.0),
-        (1, 1600.0),
-        (2, 1760.0),
-    ]
+    assert "requests" not in metrics and "elapsed_total_s" not in metrics
+    figures = figures_rows(client, run.info.run_id)
+    assert figures["throughput_completion_tok_s"]["std"] == pytest.approx(8.2)
+    passes = [figures["throughput_completion_tok_s"][f"pass {n}"] for n in (1, 2, 3)]
+    assert passes == pytest.approx([1440.0, 1600.0, 1760.0])
+    assert figures["elapsed_total_s"]["mean"] == pytest.approx(2.0)
+    assert figures["profile/device_idle_fraction"]["mean"] == pytest.approx(0.25)
 
     tags = run.data.tags
     assert tags["mode"] == "online"
     assert tags["device"] == "cpu" and tags["device_name"] == "cpu"
     assert tags["torch"] == "2.5.1" and "cuda" not in tags
     assert tags["rosebench_version"] == "0.1.0"
-    assert tags["git_commit"] == "abc1234"
+    assert tags["mlflow.source.git.commit"] == "abc1234" and "git_commit" not in tags
     assert tags["profiled"] == "yes"
-    assert tags["hydra_job_name"] == "rosebench"
+    assert "hydra_job_name" not in tags
     assert json.loads(tags["hydra_overrides"]) == ["num_requests=16"]
 
     assert artifact_paths(client, run.info.run_id) == {
         "results.json",
         "outputs.jsonl",
-        "hydra/config.yaml",
-        "hydra/hydra.yaml",
-        "hydra/overrides.yaml",
+        "figures.json",
+        ".hydra/config.yaml",
+        ".hydra/hydra.yaml",
+        ".hydra/overrides.yaml",
         "profile/trace_0.json.gz",
         "profile/key_averages.txt",
         "profile/summary.json",
@@ -282,7 +290,7 @@ def test_failing_run_ends_failed_and_ctrl_c_ends_killed(tmp_path):
     run = client.get_run(record["run_id"])
     assert run.info.status == "KILLED"
     assert run.data.params["num_requests"] == "16"  # what existed (Hydra's config) was kept
-    assert "hydra/config.yaml" in artifact_paths(client, run.info.run_id)
+    assert ".hydra/config.yaml" in artifact_paths(client, run.info.run_id)
 
 
 def test_refused_store_warns_fast_then_upload_logs_once(tmp_path):
@@ -383,7 +391,7 @@ def test_sweep_callback_parent_children_table_and_plots(tmp_path):
     client = MlflowClient(handoff["tracking_uri"])
     parent = client.get_run(handoff["parent_run_id"])
     assert parent.info.status == "RUNNING"
-    assert parent.info.run_name.startswith("sweep-") and parent.info.run_name.endswith("-num_requests")
+    assert parent.info.run_name == "sweep num_requests=1,4,16 (mode=online)"  # swept first, then fixed
     assert json.loads(parent.data.tags["sweep_overrides"]) == ["num_requests=1,4,16", "mode=online"]
     assert client.get_experiment(handoff["experiment_id"]).name == "sweeps"
 
@@ -403,6 +411,10 @@ def test_sweep_callback_parent_children_table_and_plots(tmp_path):
     assert [r["throughput_completion_tok_s"] for r in rows] == [100.0, 400.0, 1600.0]
     assert {r["status"] for r in rows} == {"FINISHED"}
     assert "plots/metrics_vs_num_requests.png" in artifact_paths(client, parent.info.run_id)
+    # A collapsed sweep reads at a glance: the swept values, the fixed ones, the best child's figures.
+    assert parent.data.params["num_requests"] == "1,4,16" and parent.data.params["mode"] == "online"
+    assert parent.data.metrics["throughput_completion_tok_s"] == 1600.0  # higher is better
+    assert parent.data.metrics["ttft_ms_p50"] == 11.0  # lower is better: num_requests=1's 10 + 1
 
 
 def test_sweep_exit_hook_fails_parent_after_failed_job(tmp_path):
@@ -520,3 +532,28 @@ def test_report_errors_are_one_line(tmp_path, capsys):
     assert report.main(["--experiment", "empty", "--uri", sqlite_uri(tmp_path / "db")]) == 1
     errors = capsys.readouterr().err.splitlines()
     assert len(errors) == 4 and all(e.startswith("rosebench.report: error: ") for e in errors)
+
+
+def test_sweep_plot_draws_error_bars_and_keeps_its_legend_off_the_panels():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    points = [
+        SweepPoint(
+            {"num_requests": str(n), "scheduler.max_batch_size": str(b)},
+            fake_metrics(n, scale=b),
+            {"throughput_completion_tok_s": 10.0 * b},
+        )
+        for n in (1, 4, 16)
+        for b in (1, 2)
+    ]
+    fig = metric_vs_param_figure(points, "num_requests", ["num_requests", "scheduler.max_batch_size"])
+    FigureCanvasAgg(fig).draw()
+    throughput = fig.axes[0]
+    bars = [c for c in throughput.containers if isinstance(c, ErrorbarContainer)]
+    assert len(bars) == 2 and all(c.has_yerr for c in bars)  # one series per batch size
+    spans = [seg[1][1] - seg[0][1] for c in bars for seg in c.lines[2][0].get_segments()]
+    assert sorted(spans) == pytest.approx([20.0] * 3 + [40.0] * 3)  # +- one standard deviation
+    [legend] = fig.legends
+    assert throughput.get_legend() is None
+    box = legend.get_window_extent()
+    assert not any(box.overlaps(ax.get_window_extent()) for ax in fig.axes)

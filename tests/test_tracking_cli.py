@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import csv
+import json
 import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from cli_helpers import assert_ok, cli_env, describe, read_results, run_cli, start_cli
+from cli_helpers import assert_ok, describe, read_results, run_cli, run_tool, start_cli
 from mlflow import MlflowClient
+from mlflow.entities import Run
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+from test_tracking import figures_rows
 from test_tracking_server import group_alive
+
+from rosebench.results import HEADLINE_METRICS
+from rosebench.tracking.mlflow_log import rounded
 
 pytestmark = pytest.mark.slow
 
@@ -33,15 +39,7 @@ def experiment_runs(client: MlflowClient, name: str = "rosebench") -> list:
 
 
 def run_upload(cwd: Path, folder: Path | str, uri: str) -> subprocess.CompletedProcess[str]:
-    """``python -m rosebench.upload FOLDER --uri URI`` in a subprocess."""
-    return subprocess.run(
-        [sys.executable, "-m", "rosebench.upload", str(folder), "--uri", uri],
-        cwd=cwd,
-        env=cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_tool(cwd, "upload", str(folder), "--uri", uri)
 
 
 def artifact_paths(client: MlflowClient, run_id: str, path: str | None = None) -> set[str]:
@@ -49,6 +47,16 @@ def artifact_paths(client: MlflowClient, run_id: str, path: str | None = None) -
     for item in client.list_artifacts(run_id, path):
         found |= artifact_paths(client, run_id, item.path) if item.is_dir else {item.path}
     return found
+
+
+def logged_figure(client: MlflowClient, run: Run, name: str) -> float:
+    """A figure's mean from the run's figures table (the metrics hold the headline figures only)."""
+    return figures_rows(client, run.info.run_id)[name]["mean"]
+
+
+def logged_passes(client: MlflowClient, run: Run) -> int:
+    """How many timed passes the run's figures table holds."""
+    return sum(key.startswith("pass ") for key in figures_rows(client, run.info.run_id)["requests"])
 
 
 def sweep_dir(cwd: Path) -> Path:
@@ -72,17 +80,24 @@ def test_profiled_run_lands_with_params_metrics_tags_and_artifacts(tmp_path: Pat
     assert_ok(proc)
     [run] = experiment_runs(client)
     assert run.info.status == "FINISHED"
-    assert f"#/experiments/{run.info.experiment_id}/runs" in proc.stdout  # the printed UI link
+    # A single run keeps its short name: mode, then its overrides.
+    overrides = "engine=tiny-max_new_tokens=4-warmup=0-num_requests=3-repeat=2-profile.enabled=true"
+    assert run.info.run_name == f"online-{overrides}"
+    link = f"#/experiments/{run.info.experiment_id}/runs?workflowType=machine_learning&viewStateShareKey="
+    assert f"{link}rosebench" in proc.stdout  # the printed UI link: the runs table, headline columns
     params, metrics, tags = run.data.params, run.data.metrics, run.data.tags
     assert params["engine.model"] == "tiny" and params["num_requests"] == "3" and params["mode"] == "online"
     results = read_results(tmp_path / "run")
-    assert metrics["throughput_completion_tok_s"] == pytest.approx(
+    assert metrics["throughput_completion_tok_s"] == rounded(
         results["metrics"]["throughput_completion_tok_s"]
     )
-    assert metrics["completion_tokens"] == 12
-    history = client.get_metric_history(run.info.run_id, "pass/throughput_completion_tok_s")
-    assert sorted(m.step for m in history) == [0, 1]
-    assert "profile/window_ms" in metrics and "throughput_completion_tok_s_std" in metrics
+    assert set(metrics) <= set(HEADLINE_METRICS) and "ttft_ms_p99" in metrics  # the headline only
+    figures = figures_rows(client, run.info.run_id)  # the rest: mean, std, each pass
+    assert figures["completion_tokens"]["mean"] == 12
+    assert [figures["completion_tokens"][f"pass {n}"] for n in (1, 2)] == [12, 12]
+    assert figures["profile/window_ms"]["mean"] > 0 and figures["throughput_completion_tok_s"]["std"] >= 0
+    # Online and profiled: the arrival process and the profiler's settings shaped this run.
+    assert params["scheduler.request_rate"] == "inf" and params["profile.detail"] == "step"
     assert tags["profiled"] == "yes" and tags["mode"] == "online" and tags["device"] == "cpu"
     assert (params["model.n_layer"], params["model.n_embd"], tags["model"]) == ("2", "64", "tiny")
     assert tags["torch"] and tags["rosebench_version"]
@@ -90,7 +105,7 @@ def test_profiled_run_lands_with_params_metrics_tags_and_artifacts(tmp_path: Pat
     expected = [environment["cpu_capability"], *environment["cpu_bf16_matrix_units"]]
     assert tags["cpu_capability"].split() == expected
     artifacts = artifact_paths(client, run.info.run_id)
-    assert {"results.json", "outputs.jsonl", "hydra/config.yaml", "profile/summary.json"} <= artifacts
+    assert {"results.json", "outputs.jsonl", ".hydra/config.yaml", "profile/summary.json"} <= artifacts
     assert any(p.startswith("profile/trace_") and p.endswith(".json.gz") for p in artifacts)
     tracking = (tmp_path / "run" / "tracking.json").read_text()
     assert run.info.run_id in tracking and '"logged": true' in tracking
@@ -114,17 +129,92 @@ def test_three_point_multirun_is_one_parent_with_three_children(tmp_path: Path) 
     assert any(p.startswith("plots/") and p.endswith(".png") for p in artifacts)
     # The report compares the sweep from the store and from its folder alike.
     for selector in (["--parent", parent.info.run_id, "--uri", uri], ["--sweep", str(sweep_dir(tmp_path))]):
-        report = subprocess.run(
-            [sys.executable, "-m", "rosebench.report", *selector, "--format", "csv"],
-            cwd=tmp_path,
-            env=cli_env(),
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        report = run_tool(tmp_path, "report", *selector, "--format", "csv")
         assert report.returncode == 0, report.stderr
         lines = report.stdout.strip().splitlines()
         assert len(lines) == 4 and "num_requests" in lines[0], report.stdout
+
+
+def test_a_sweep_reads_in_mlflow_as_a_user_sees_it(tmp_path: Path) -> None:
+    """Names that tell points apart, a parent that reads collapsed, the headline figures only, params
+    that shaped the run, no noise, and the link to the sweep's runs table."""
+    uri, client = store(tmp_path)
+    swept = ("num_requests=1,2", "scheduler.max_batch_size=1,2")
+    proc = run_cli(tmp_path, "--multirun", *TINY, "repeat=2", *swept, f"tracking.uri={uri}")
+    assert_ok(proc)
+    runs = experiment_runs(client)
+    [parent] = [r for r in runs if MLFLOW_PARENT_RUN_ID not in r.data.tags]
+    children = [r for r in runs if MLFLOW_PARENT_RUN_ID in r.data.tags]
+
+    assert parent.info.run_name == (
+        "sweep num_requests=1,2 scheduler.max_batch_size=1,2 (engine=tiny max_new_tokens=4 warmup=0 repeat=2)"
+    )
+    assert sorted(c.info.run_name for c in children) == [
+        f"num_requests={n} scheduler.max_batch_size={b} offline-tiny" for n in (1, 2) for b in (1, 2)
+    ]
+    # The collapsed parent: swept values, fixed values, and each headline metric's best child.
+    assert parent.data.params["num_requests"] == "1,2" and parent.data.params["engine.model"] == "tiny"
+    assert parent.data.params["scheduler.max_batch_size"] == "1,2"
+    for metric, higher_is_better in HEADLINE_METRICS.items():
+        values = [c.data.metrics[metric] for c in children if metric in c.data.metrics]
+        if values:
+            assert parent.data.metrics[metric] == (max(values) if higher_is_better else min(values))
+    # The printed link opens the runs table in the sweep's view: its swept params, then the headline.
+    view = client.get_experiment(parent.info.experiment_id).tags[
+        f"mlflow.sharedViewState.{parent.info.run_id}"
+    ]
+    assert json.loads(view)["selectedColumns"][:3] == [
+        "params.`num_requests`",
+        "params.`scheduler.max_batch_size`",
+        "metrics.`throughput_completion_tok_s`",
+    ]
+    assert f"workflowType=machine_learning&viewStateShareKey={parent.info.run_id}" in proc.stdout
+
+    child = next(
+        c for c in children if c.info.run_name.startswith("num_requests=2 scheduler.max_batch_size=2")
+    )
+    results = read_results(Path(child.data.tags["run_dir"]))
+    metrics, params, tags = child.data.metrics, child.data.params, child.data.tags
+    assert list(metrics) and set(metrics) <= set(HEADLINE_METRICS)
+    assert all(rounded(v) == v for v in metrics.values())  # 4 significant digits, not 67.54164545450548
+    assert metrics["throughput_completion_tok_s"] == rounded(
+        results["metrics"]["throughput_completion_tok_s"]
+    )
+    figures = figures_rows(client, child.info.run_id)
+    first_pass = results["passes"][0]["throughput_completion_tok_s"]
+    assert figures["throughput_completion_tok_s"]["pass 1"] == rounded(first_pass)
+    # Params: what shaped the run. Offline and greedy; profiler off; nothing unset; not where it was logged.
+    assert "None" not in params.values()
+    assert not any(k.startswith(("tracking.", "scheduler.request_rate", "sampling.top_k")) for k in params)
+    assert [k for k in params if k.startswith("profile.")] == ["profile.enabled"]
+    assert params["num_requests"] == "2" and params["engine.attention"] == "slot"
+    # Tags: one name per fact.
+    assert (
+        "git_commit" not in tags and tags["mlflow.source.git.commit"] == results["environment"]["git_commit"]
+    )
+    assert "hydra_job_name" not in tags and "cpu" not in tags  # the CPU is the device here: device_name
+    artifacts = artifact_paths(client, child.info.run_id)
+    assert {".hydra/config.yaml", "figures.json", "results.json"} <= artifacts
+    assert not any(p.endswith(".log") for p in artifacts)  # Hydra's job log is empty here
+
+
+def test_report_groups_two_sweeps(tmp_path: Path) -> None:
+    uri, client = store(tmp_path)
+    for swept in ("num_requests=1,2", "max_new_tokens=2,3"):
+        assert_ok(run_cli(tmp_path, "--multirun", *TINY, "repeat=2", swept, f"tracking.uri={uri}"))
+    report = run_tool(
+        tmp_path, "report", "--experiment", "rosebench", "--uri", uri, "--format", "csv", "--plots", "p"
+    )
+    assert report.returncode == 0, report.stderr
+    rows = list(csv.DictReader(report.stdout.splitlines()))
+    sweeps = [row["sweep"] for row in rows]
+    assert sweeps == [sweeps[0]] * 2 + [sweeps[2]] * 2 and sweeps[0] != sweeps[2], sweeps  # not interleaved
+    assert sweeps[0].startswith("sweep num_requests=1,2") and sweeps[2].startswith("sweep max_new_tokens=2,3")
+    assert [row["num_requests"] for row in rows[:2]] == ["1", "2"]
+    assert sorted(p.relative_to(tmp_path / "p").as_posix() for p in (tmp_path / "p").rglob("*.png")) == [
+        "sweep1/metrics_vs_num_requests.png",
+        "sweep2/metrics_vs_max_new_tokens.png",
+    ]
 
 
 def test_eight_parallel_jobs_into_a_fresh_sqlite_file_lose_nothing(tmp_path: Path) -> None:
@@ -194,7 +284,7 @@ def test_unreachable_store_keeps_the_run_then_upload_logs_it(tmp_path: Path) -> 
     upload = run_upload(tmp_path, str(run_dir), uri)
     assert upload.returncode == 0, upload.stderr
     [run] = experiment_runs(client)
-    assert run.data.metrics["requests"] == 2 and run.info.status == "FINISHED"
+    assert logged_figure(client, run, "requests") == 2 and run.info.status == "FINISHED"
     assert "results.json" in artifact_paths(client, run.info.run_id)
 
 
@@ -235,11 +325,10 @@ def test_stop_signal_mid_pass_keeps_the_finished_passes(tmp_path: Path, stop: in
     assert results["metrics"]["requests"] == 8
     [run] = experiment_runs(client)
     assert run.info.status == "KILLED"
-    assert run.data.metrics["throughput_completion_tok_s"] == pytest.approx(
+    assert run.data.metrics["throughput_completion_tok_s"] == rounded(
         results["metrics"]["throughput_completion_tok_s"]
     )
-    history = client.get_metric_history(run.info.run_id, "pass/throughput_completion_tok_s")
-    assert len(history) == finished
+    assert logged_passes(client, run) == finished
     assert run.data.params["num_requests"] == "8"
 
 
@@ -267,7 +356,7 @@ def test_eight_separate_processes_into_one_fresh_store(tmp_path: Path) -> None:
     runs = experiment_runs(client, "array")
     assert sorted(int(r.data.params["num_requests"]) for r in runs) == list(range(1, 9))
     assert all(r.info.status == "FINISHED" for r in runs)
-    assert all(r.data.metrics["requests"] == float(r.data.params["num_requests"]) for r in runs)
+    assert all(logged_figure(client, r, "requests") == int(r.data.params["num_requests"]) for r in runs)
     default = client.get_experiment_by_name("Default")
     assert default is None or not client.search_runs([default.experiment_id]), "runs filed under Default"
 
@@ -325,12 +414,13 @@ def test_full_disk_at_the_end_loses_no_figure(tmp_path: Path, small_disk: Path) 
     assert not (run_dir / "results.json").exists() and not list(run_dir.glob(".*.tmp"))
 
     [run] = experiment_runs(client)
-    assert run.info.status == "FINISHED" and run.data.metrics["requests"] == 4
+    assert run.info.status == "FINISHED" and logged_figure(client, run, "requests") == 4
     printed = next(line for line in stdout.splitlines() if line.startswith("completion throughput"))
+    # Printed with one decimal, logged with 4 significant digits.
     assert run.data.metrics["throughput_completion_tok_s"] == pytest.approx(
-        float(printed.split()[3]), abs=0.06
+        float(printed.split()[3]), rel=1e-3
     )
-    assert len(client.get_metric_history(run.info.run_id, "pass/throughput_completion_tok_s")) == 3
+    assert logged_passes(client, run) == 3
 
     (small_disk / "filler").unlink()
     other = f"sqlite:///{tmp_path / 'other.db'}"
@@ -410,7 +500,8 @@ def test_stopping_a_parallel_sweep(tmp_path: Path, stop: int) -> None:
         assert "rosebench: stopped by SIGTERM" in stderr and "Traceback" not in stderr, stderr[-3000:]
         assert parent.info.status == "KILLED"
         assert [r.info.status for r in children] == ["KILLED", "KILLED"]
-        assert all(r.data.metrics["requests"] == 2 for r in children), "the finished passes were not logged"
+        logged = [logged_figure(client, r, "requests") for r in children]
+        assert logged == [2, 2], "the finished passes were not logged"
     else:
         assert parent.info.status == "RUNNING" and {r.info.status for r in children} == {"RUNNING"}
 

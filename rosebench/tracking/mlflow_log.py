@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from datetime import datetime
 from pathlib import Path
@@ -12,17 +13,18 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID
 from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH, MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
 
-from rosebench.results import RESULTS_FILE, RunResults
-from rosebench.tracking.run_folder import config_params, read_run
+from rosebench.results import HEADLINE_METRICS, RESULTS_FILE, RunResults
+from rosebench.tracking.run_folder import config_params, flatten, read_run
 from rosebench.tracking.settings import TrackingSettings
 from rosebench.tracking.store import connect, get_or_create_experiment, resolve_tracking_uri
 
-# Per-pass values get their own keys: under the aggregate's key, the last pass would be the "latest" value
-# that the runs table shows.
-PASS_PREFIX = "pass/"
-PROFILE_PREFIX = "profile/"
-STD_SUFFIX = "_std"
 RUN_DIR_TAG = "run_dir"  # the run folder a run was logged from, set as the run starts
+FIGURES_TABLE = "figures.json"  # every figure: mean, standard deviation and each timed pass
+PROFILE_PREFIX = "profile/"  # profile figures' rows in that table
+SIGNIFICANT_DIGITS = 4  # passes differ by 1% or more here: further digits are noise
+# Keys that shape only online runs, and only sampled (temperature > 0) runs.
+_ONLINE_ONLY = ("scheduler.request_rate", "scheduler.burstiness", "scheduler.max_concurrency")
+_SAMPLED_ONLY = ("sampling.top_k", "sampling.top_p", "sampling.seed")
 
 
 def describe_error(error: BaseException) -> str:
@@ -33,21 +35,64 @@ def describe_error(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}"
 
 
-def mlflow_params(results: RunResults) -> list[Param]:
-    params = {**config_params(results.config), **config_params({"model": results.model})}
-    return [Param(k, v[:MAX_PARAM_VAL_LENGTH]) for k, v in params.items() if len(k) <= MAX_ENTITY_KEY_LENGTH]
+def rounded(value: float) -> float:
+    """`value` to SIGNIFICANT_DIGITS: what a benchmark figure supports."""
+    return float(f"{value:.{SIGNIFICANT_DIGITS}g}") if math.isfinite(value) else value
+
+
+def shaping_params(results: RunResults) -> dict[str, str]:
+    """The config and model keys that shaped this run, as text.
+
+    Left out: unset (None) values, where results went (`tracking.*`), the profiler's settings when it did
+    not run, the arrival process of an offline run, and top-k/top-p/seed of greedy decoding.
+    """
+    config = results.config
+    unused = ["tracking.", "model.short"]
+    if not config.get("profile", {}).get("enabled"):
+        unused += [k for k in flatten({"profile": config.get("profile", {})}) if k != "profile.enabled"]
+    if config.get("mode") != "online":
+        unused += _ONLINE_ONLY
+    if not config.get("sampling", {}).get("temperature"):
+        unused += _SAMPLED_ONLY
+    params = {**config_params(config), **config_params({"model": results.model})}
+    return {
+        key: value
+        for key, value in params.items()
+        if value != "None" and not key.startswith(tuple(unused)) and len(key) <= MAX_ENTITY_KEY_LENGTH
+    }
 
 
 def mlflow_metrics(results: RunResults) -> list[Metric]:
+    """The headline figures, rounded; the rest are in the figures table (`figures_table`)."""
     now = int(time.time() * 1000)
-    values = [(k, v, 0) for k, v in results.metrics.items()]
-    values += [(f"{k}{STD_SUFFIX}", v, 0) for k, v in results.metrics_std.items()]
-    for step, one_pass in enumerate(results.passes):
-        values += [(f"{PASS_PREFIX}{k}", v, step) for k, v in one_pass.items()]
+    return [
+        Metric(key, rounded(float(results.metrics[key])), now, 0)
+        for key in HEADLINE_METRICS
+        if isinstance(results.metrics.get(key), (int, float))
+    ]
+
+
+def figures_table(results: RunResults) -> dict[str, list]:
+    """Every figure as a row: its mean, standard deviation and each timed pass (the profile's, one value)."""
+    names = [k for k, v in results.metrics.items() if isinstance(v, (int, float))]
+    columns: dict[str, list] = {
+        "metric": names,
+        "mean": [rounded(float(results.metrics[k])) for k in names],
+        "std": [_maybe_rounded(results.metrics_std.get(k)) for k in names],
+    }
+    for number, one_pass in enumerate(results.passes, start=1):
+        columns[f"pass {number}"] = [_maybe_rounded(one_pass.get(k)) for k in names]
     if results.profile is not None:
-        values += [(f"{PROFILE_PREFIX}{k}", v, 0) for k, v in results.profile.summary.metrics().items()]
-    # Counts and figures only: None (a percentile of nothing) or text cannot be a metric.
-    return [Metric(k, float(v), now, step) for k, v, step in values if isinstance(v, (int, float))]
+        profile = {k: v for k, v in results.profile.summary.metrics().items() if isinstance(v, (int, float))}
+        columns["metric"] += [f"{PROFILE_PREFIX}{k}" for k in profile]
+        columns["mean"] += [rounded(float(v)) for v in profile.values()]
+        for name in [c for c in columns if c not in ("metric", "mean")]:
+            columns[name] += [None] * len(profile)
+    return columns
+
+
+def _maybe_rounded(value: float | None) -> float | None:
+    return rounded(float(value)) if isinstance(value, (int, float)) else None
 
 
 def mlflow_tags(results: RunResults, run_dir: Path) -> dict[str, str]:
@@ -58,16 +103,15 @@ def mlflow_tags(results: RunResults, run_dir: Path) -> dict[str, str]:
         "profiled": "yes" if run.profiled else "no",
         "device": env.get("device"),
         "device_name": env.get("device_name"),
-        "cpu": env.get("cpu"),
+        # On a CPU run the device is the CPU: one tag says it.
+        "cpu": env.get("cpu") if env.get("cpu") != env.get("device_name") else None,
         "cpu_capability": _cpu_capability(env),
         "torch": env.get("torch"),
         "cuda": env.get("cuda"),
         "python": env.get("python"),
         "hostname": env.get("hostname"),
         "rosebench_version": env.get("rosebench"),
-        "git_commit": env.get("git_commit"),
         MLFLOW_GIT_COMMIT: env.get("git_commit"),
-        "hydra_job_name": run.job_name,
         "hydra_job_id": run.job_id,
         "hydra_job_num": run.job_num,
         "hydra_overrides": json.dumps(run.overrides),
@@ -89,10 +133,11 @@ def _log_artifacts(client: MlflowClient, run_id: str, run_dir: Path) -> None:
         if (run_dir / name).is_file():
             client.log_artifact(run_id, str(run_dir / name))
     for job_log in sorted(run_dir.glob("*.log")):
-        client.log_artifact(run_id, str(job_log))
-    for folder, artifact_path in ((".hydra", "hydra"), ("profile", "profile")):
+        if job_log.stat().st_size:  # Hydra's job log is empty unless something was logged
+            client.log_artifact(run_id, str(job_log))
+    for folder in (".hydra", "profile"):
         if (run_dir / folder).is_dir():
-            client.log_artifacts(run_id, str(run_dir / folder), artifact_path=artifact_path)
+            client.log_artifacts(run_id, str(run_dir / folder), artifact_path=folder)
 
 
 def _log_into(client: MlflowClient, run_id: str, run_dir: Path, results: RunResults, artifacts: bool) -> None:
@@ -100,10 +145,12 @@ def _log_into(client: MlflowClient, run_id: str, run_dir: Path, results: RunResu
     client.log_batch(
         run_id,
         metrics=mlflow_metrics(results),
-        params=mlflow_params(results),
+        params=[Param(k, v[:MAX_PARAM_VAL_LENGTH]) for k, v in shaping_params(results).items()],
         tags=[RunTag(k, v) for k, v in mlflow_tags(results, run_dir).items()],
     )
     if artifacts:
+        if results.metrics:
+            client.log_table(run_id, data=figures_table(results), artifact_file=FIGURES_TABLE)
         _log_artifacts(client, run_id, run_dir)
 
 

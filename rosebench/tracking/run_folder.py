@@ -25,6 +25,7 @@ class TrackingRecord:
     experiment_id: str | None = None
     run_id: str | None = None
     error: str | None = None
+    url: str | None = None  # the runs table the run is in (no credentials)
 
     def write(self, run_dir: Path) -> None:
         write_atomic(run_dir / TRACKING_RECORD, json.dumps(asdict(self), indent=2) + "\n")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -15,6 +16,7 @@ from mlflow.entities import LifecycleStage
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 
+from rosebench.results import HEADLINE_METRICS
 from rosebench.tracking.settings import redact_uri, uri_password
 
 # MLflow 3.17 retries a failed HTTP request 7 times with exponential backoff (minutes through a
@@ -26,6 +28,7 @@ CLIENT_ENV_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
     "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # a bar per downloaded figures table in a report
 }
 
 SWEEP_HANDOFF = "mlflow_sweep.json"
@@ -79,7 +82,8 @@ def store_lock(db: Path) -> FileLock:
 
 
 def get_or_create_experiment(client: MlflowClient, name: str, uri: str) -> str:
-    """The id of experiment `name`, created if missing (artifacts next to a sqlite database)."""
+    """The id of experiment `name`, created if missing (artifacts next to a sqlite database), with the
+    runs view that links open (`RUNS_VIEW`)."""
     db = sqlite_path(uri)
     with store_lock(db) if db is not None else contextlib.nullcontext():
         experiment = client.get_experiment_by_name(name)
@@ -87,15 +91,17 @@ def get_or_create_experiment(client: MlflowClient, name: str, uri: str) -> str:
             # Without an explicit location, sqlite experiments put artifacts in ./mlruns of whatever cwd
             # the first process had; next to the database they stay findable.
             location = str(db.resolve().parent / "mlruns") if db is not None else None
-            try:
-                return client.create_experiment(name, artifact_location=location)
-            except MlflowException:
-                # Another process (through a server, which no file lock covers) created it meanwhile.
-                experiment = client.get_experiment_by_name(name)
-                if experiment is None:
-                    raise
-    if experiment.lifecycle_stage == LifecycleStage.DELETED:
-        raise ValueError(f"MLflow experiment {name!r} is deleted; restore it or choose another name")
+            # Through a server (no file lock covers it) another process may have created it meanwhile.
+            with contextlib.suppress(MlflowException):
+                client.create_experiment(name, artifact_location=location)
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise LookupError(f"MLflow experiment {name!r} could not be created")
+        if experiment.lifecycle_stage == LifecycleStage.DELETED:
+            raise ValueError(f"MLflow experiment {name!r} is deleted; restore it or choose another name")
+        if experiment.tags.get(f"{SHARED_VIEW_TAG}{RUNS_VIEW}") != runs_view_state():
+            with contextlib.suppress(MlflowException):  # a concurrent writer saved the same view
+                save_runs_view(client, experiment.experiment_id, RUNS_VIEW)
     return experiment.experiment_id
 
 
@@ -110,16 +116,42 @@ def run_exists(client: MlflowClient, run_id: str) -> bool:
         raise
 
 
-def ui_hint(uri: str, experiment_id: str, run_id: str) -> str:
-    """One line telling the user where to look at a run (a password in the URI is not shown)."""
-    uri = redact_uri(uri)
-    if uri.startswith(("http://", "https://")):
-        return f"MLflow run: {uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
-    # The 3.17 UI opens experiments on a GenAI page; the runs table is the useful view.
-    return (
-        f"MLflow run {run_id}: run `mlflow ui --backend-store-uri {uri}` "
-        f"and open http://127.0.0.1:5000/#/experiments/{experiment_id}/runs"
-    )
+# The 3.17 UI opens an experiment on its GenAI overview; this opens the runs table.
+RUNS_TABLE_QUERY = "?workflowType=machine_learning"
+MLFLOW_UI_DEFAULT = "http://127.0.0.1:5000"  # where `mlflow ui` listens unless told otherwise
+# A saved view of the runs table (which columns show) is an experiment tag, as the UI's "Share" button
+# writes it; a link names it with `viewStateShareKey`. Without one the table shows no param or metric.
+SHARED_VIEW_TAG = "mlflow.sharedViewState."
+RUNS_VIEW = "rosebench"  # single runs' view: the headline metrics
+
+
+def runs_view_state(params: Sequence[str] = ()) -> str:
+    """The view's state: columns for `params` (a sweep's swept keys), then the headline metrics."""
+    columns = [*(f"params.`{p}`" for p in params), *(f"metrics.`{m}`" for m in HEADLINE_METRICS)]
+    return json.dumps({"selectedColumns": columns})
+
+
+def save_runs_view(client: MlflowClient, experiment_id: str, key: str, params: Sequence[str] = ()) -> None:
+    client.set_experiment_tag(experiment_id, f"{SHARED_VIEW_TAG}{key}", runs_view_state(params))
+
+
+def runs_table_url(uri: str, experiment_id: str, view: str | None = RUNS_VIEW) -> str:
+    """The experiment's runs table in `view`: on the tracking server, or on `mlflow ui`'s default address.
+    No credentials: a link never carries them."""
+    parts = urlparse(uri)
+    if parts.scheme in ("http", "https"):
+        base = f"{parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}{parts.path}"
+    else:
+        base = MLFLOW_UI_DEFAULT
+    shared = f"&viewStateShareKey={view}" if view else ""
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs{RUNS_TABLE_QUERY}{shared}"
+
+
+def ui_hint(uri: str, run_id: str, url: str) -> str:
+    """One line telling the user where to look at a run."""
+    if urlparse(uri).scheme in ("http", "https"):
+        return f"MLflow run {run_id}: {url}"
+    return f"MLflow run {run_id}: run `mlflow ui --backend-store-uri {redact_uri(uri)}` and open {url}"
 
 
 @dataclass

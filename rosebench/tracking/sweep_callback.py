@@ -42,6 +42,7 @@ class MlflowSweepCallback(Callback):
         self.experiment = experiment
         self.enabled = enabled
         self.tracking_uri: str | None = None
+        self.experiment_id: str | None = None
         self.parent_run_id: str | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
@@ -70,11 +71,12 @@ class MlflowSweepCallback(Callback):
         try:
             self.tracking_uri = resolve_tracking_uri(self.uri)
             client = connect(self.tracking_uri)
-            experiment_id = get_or_create_experiment(client, self.experiment, self.tracking_uri)
+            self.experiment_id = get_or_create_experiment(client, self.experiment, self.tracking_uri)
             password = uri_password(self.tracking_uri)
             shown = [redact(o, password) for o in overrides]
-            self.parent_run_id = create_sweep_parent(client, experiment_id, sweep_dir, shown)
-            SweepHandoff(redact_uri(self.tracking_uri), experiment_id, self.parent_run_id).write(sweep_dir)
+            self.parent_run_id = create_sweep_parent(client, self.experiment_id, sweep_dir, shown)
+            handoff = SweepHandoff(redact_uri(self.tracking_uri), self.experiment_id, self.parent_run_id)
+            handoff.write(sweep_dir)
         except Exception as error:
             warnings.warn(
                 f"MLflow sweep parent run not created ({describe_error(error)}); jobs log standalone runs "
@@ -88,12 +90,13 @@ class MlflowSweepCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self.parent_run_id is None or self.tracking_uri is None:
             return
-        from rosebench.tracking.store import connect
+        from rosebench.tracking.store import connect, runs_table_url
         from rosebench.tracking.sweep_parent import close_sweep_parent
 
         status = close_sweep_parent(connect(self.tracking_uri), self.parent_run_id)
         atexit.unregister(self.close_unfinished)  # only now: if closing failed, the exit hook retries
-        log.info("sweep parent run %s ended %s", self.parent_run_id, status)
+        url = runs_table_url(self.tracking_uri, self.experiment_id or "", view=self.parent_run_id)
+        log.info("sweep parent run %s ended %s: %s", self.parent_run_id, status, url)
 
     def close_unfinished(self) -> None:
         """Exit hook: a parent still RUNNING means a job failed or the sweep was interrupted."""

@@ -7,82 +7,124 @@ import csv
 import io
 import json
 import math
-from collections.abc import Iterable, Sequence
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from mlflow import MlflowClient
 from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from rosebench.overrides import override_values
-from rosebench.tracking.plots import HEADLINE_METRICS, SweepPoint, plot_sweep
+from rosebench.tracking.mlflow_log import FIGURES_TABLE
+from rosebench.tracking.plots import PLOTTED_METRICS, SweepPoint, plot_sweep
 from rosebench.tracking.run_folder import config_params, read_run
 
-SWEEP_PARENT_TAG = "rosebench_sweep_parent"  # set on sweep parent runs, which have no metrics of their own
+SWEEP_PARENT_TAG = "rosebench_sweep_parent"  # set on sweep parent runs
 
 
 @dataclass
 class RunRow:
-    """One run: its name, status, params (config plus Hydra overrides) and metrics."""
+    """One run: its name, status, params (config plus Hydra overrides), metrics and their spread over the
+    timed passes (standard deviation), and the sweep it belongs to ("" for a single run)."""
 
     name: str
     status: str
     params: dict[str, str]
     override_keys: list[str]
     metrics: dict[str, float]
-    order: tuple[float, float]  # (Hydra job number, start time): jobs in launch order
+    spread: dict[str, float]
+    sweep: str
+    started: float  # epoch seconds; orders sweeps
+    job_num: float  # a sweep's jobs in launch order; inf for a single run
 
 
-def _row(
-    name: str,
-    status: str,
-    params: dict[str, str],
-    overrides: list[str],
-    metrics: dict[str, float],
-    order: tuple[float, float],
-) -> RunRow:
+def _with_overrides(params: dict[str, str], overrides: list[str]) -> tuple[dict[str, str], list[str]]:
+    """Params and the keys set by overrides: resolved config values win; overrides add what the config
+    does not hold (config group choices)."""
     from_overrides = override_values(overrides)
-    # Resolved config values win; overrides add what the config does not hold (config group choices).
-    return RunRow(name, status, {**from_overrides, **params}, list(from_overrides), metrics, order)
+    return {**from_overrides, **params}, list(from_overrides)
 
 
-def row_from_run(run: Run) -> RunRow:
-    """A row from an MLflow run logged by rosebench.tracking."""
+def row_from_run(run: Run, client: MlflowClient | None = None, sweeps: Mapping[str, str] = {}) -> RunRow:
+    """A row from an MLflow run logged by rosebench.tracking; with `client`, the spread comes from its
+    figures table. `sweeps` names parent runs by id."""
     tags = run.data.tags
-    job_num = float(tags["hydra_job_num"]) if "hydra_job_num" in tags else math.inf
-    return _row(
+    parent = tags.get(MLFLOW_PARENT_RUN_ID)
+    return RunRow(
         run.info.run_name or run.info.run_id,
         run.info.status,
-        dict(run.data.params),
-        json.loads(tags.get("hydra_overrides", "[]")),
-        dict(run.data.metrics),
-        (job_num, float(run.info.start_time or 0)),
+        *_with_overrides(dict(run.data.params), json.loads(tags.get("hydra_overrides", "[]"))),
+        metrics=dict(run.data.metrics),
+        spread=_logged_spread(client, run.info.run_id) if client is not None else {},
+        sweep=sweeps.get(parent, parent) if parent else "",
+        started=(run.info.start_time or 0) / 1000,
+        job_num=float(tags["hydra_job_num"]) if "hydra_job_num" in tags else math.inf,
     )
+
+
+def _logged_spread(client: MlflowClient, run_id: str) -> dict[str, float]:
+    """The standard deviations in the run's figures table; none when it has no table (older runs)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            table = json.loads(Path(client.download_artifacts(run_id, FIGURES_TABLE, tmp)).read_text())
+        except (OSError, ValueError, MlflowException):
+            return {}
+    rows = [dict(zip(table["columns"], row, strict=True)) for row in table["data"]]
+    return {row["metric"]: row["std"] for row in rows if isinstance(row.get("std"), (int, float))}
 
 
 def row_from_folder(run_dir: Path) -> RunRow:
     """A row from a run folder's results.json (no MLflow involved)."""
     results = read_run(run_dir)
-    job_num = results.run.job_num
-    return _row(
-        results.run.name,
+    run = results.run
+    started = datetime.fromisoformat(run.started_at).timestamp() if run.started_at else 0.0
+    return RunRow(
+        run.name,
         results.status,
-        config_params(results.config),
-        results.run.overrides,
-        {k: float(v) for k, v in results.metrics.items() if isinstance(v, (int, float))},
-        (math.inf if job_num is None else float(job_num), 0.0),
+        *_with_overrides(config_params(results.config), run.overrides),
+        metrics={k: float(v) for k, v in results.metrics.items() if isinstance(v, (int, float))},
+        spread={k: float(v) for k, v in results.metrics_std.items() if isinstance(v, (int, float))},
+        sweep=run.sweep_dir or "",
+        started=started,
+        job_num=math.inf if run.job_num is None else float(run.job_num),
     )
 
 
+def in_sweep_order(rows: Iterable[RunRow]) -> list[RunRow]:
+    """Sweeps one after another (in the order they started), each sweep's jobs in launch order; single
+    runs take their place by start time."""
+    rows = list(rows)
+    first_start: dict[str, float] = {}
+    for row in rows:
+        group = row.sweep or row.name
+        first_start[group] = min(first_start.get(group, math.inf), row.started)
+    return sorted(rows, key=lambda r: (first_start[r.sweep or r.name], r.sweep, r.job_num, r.started, r.name))
+
+
 def varying_params(rows: Sequence[RunRow]) -> list[str]:
-    """Params whose values differ across the runs; keys set by overrides first, in command-line order.
+    """Params whose values differ between the runs of one sweep; keys set by overrides first, in
+    command-line order. (What differs from one sweep to the next is in the sweeps' names.)
 
     Runs that lack a param (one killed before logging it) do not make it differ.
     """
     keys = dict.fromkeys(k for row in rows for k in row.override_keys)
     keys.update(dict.fromkeys(k for row in rows for k in sorted(row.params)))
-    return [k for k in keys if len({row.params[k] for row in rows if k in row.params}) > 1]
+    groups = sweeps(rows).values()
+    return [
+        k for k in keys if any(len({r.params[k] for r in group if k in r.params}) > 1 for group in groups)
+    ]
+
+
+def sweeps(rows: Iterable[RunRow]) -> dict[str, list[RunRow]]:
+    """The rows of each sweep, by sweep; single runs each on their own."""
+    groups: dict[str, list[RunRow]] = {}
+    for row in rows:
+        groups.setdefault(row.sweep or row.name, []).append(row)
+    return groups
 
 
 @dataclass
@@ -94,31 +136,50 @@ class Table:
 
     @classmethod
     def of(cls, rows: Iterable[RunRow]) -> Table:
-        ordered = sorted(rows, key=lambda r: (*r.order, r.name))
+        ordered = in_sweep_order(rows)
         return cls(varying_params(ordered), ordered)
 
     @property
+    def grouped(self) -> bool:
+        """Runs of more than one sweep (or a sweep and single runs): a column says which."""
+        return len({row.sweep for row in self.rows}) > 1
+
+    @property
     def header(self) -> list[str]:
-        return ["run", *self.swept, *HEADLINE_METRICS, "status"]
+        return [*(["sweep"] if self.grouped else []), "run", *self.swept, *PLOTTED_METRICS, "status"]
 
     @property
     def metric_columns(self) -> range:
-        start = 1 + len(self.swept)
-        return range(start, start + len(HEADLINE_METRICS))
+        start = len(self.header) - 1 - len(PLOTTED_METRICS)
+        return range(start, start + len(PLOTTED_METRICS))
 
     def cells(self, row: RunRow) -> list[str | float | None]:
-        metrics: list[str | float | None] = [row.metrics.get(m) for m in HEADLINE_METRICS]
-        return [row.name, *(row.params.get(k, "") for k in self.swept), *metrics, row.status]
+        metrics: list[str | float | None] = [row.metrics.get(m) for m in PLOTTED_METRICS]
+        named = [*([row.sweep] if self.grouped else []), row.name]
+        return [*named, *(row.params.get(k, "") for k in self.swept), *metrics, row.status]
 
     def columns(self) -> dict[str, list[str | float | None]]:
         """Column name -> values, the shape `MlflowClient.log_table` takes."""
         return {name: [self.cells(row)[i] for row in self.rows] for i, name in enumerate(self.header)}
 
     def points(self) -> list[SweepPoint]:
-        return [SweepPoint(row.params, row.metrics) for row in self.rows]
+        return [SweepPoint(row.params, row.metrics, row.spread) for row in self.rows]
 
     def plots(self, out_dir: Path) -> list[Path]:
-        return plot_sweep(self.points(), self.swept, out_dir)
+        """Metric-vs-param PNGs; for runs of several sweeps, one folder per sweep of more than one run."""
+        if not self.grouped:
+            return plot_sweep(self.points(), self._plotted(), out_dir)
+        paths = []
+        for number, rows in enumerate(sweeps(self.rows).values(), start=1):
+            if len(rows) > 1:
+                table = Table.of(rows)
+                paths += table.plots(out_dir / f"sweep{number}")
+        return paths
+
+    def _plotted(self) -> list[str]:
+        """The swept keys the user typed (a derived one, like engine.max_num_seqs, follows one of them)."""
+        typed = {k for row in self.rows for k in row.override_keys}
+        return [k for k in self.swept if k in typed] or self.swept
 
 
 def _number(value: float) -> str:
@@ -180,14 +241,17 @@ def _all_runs(client: MlflowClient, experiment_ids: list[str], filter_string: st
 
 
 def child_runs(client: MlflowClient, parent_run_id: str) -> list[Run]:
+    """The runs of a sweep."""
     experiment_id = client.get_run(parent_run_id).info.experiment_id
     return _all_runs(client, [experiment_id], f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}'")
 
 
-def experiment_runs(client: MlflowClient, name: str) -> list[Run]:
-    """The experiment's benchmark runs (sweep parents left out: they have no metrics of their own)."""
+def experiment_rows(client: MlflowClient, name: str) -> list[RunRow]:
+    """The experiment's benchmark runs as rows, each named with its sweep (the parent runs' own figures
+    are their best child's, so they are no rows)."""
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         raise LookupError(f"no MLflow experiment named {name!r}")
     runs = _all_runs(client, [experiment.experiment_id], "")
-    return [run for run in runs if SWEEP_PARENT_TAG not in run.data.tags]
+    sweeps = {run.info.run_id: run.info.run_name for run in runs if SWEEP_PARENT_TAG in run.data.tags}
+    return [row_from_run(run, client, sweeps) for run in runs if run.info.run_id not in sweeps]

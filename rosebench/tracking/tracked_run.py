@@ -14,7 +14,14 @@ from rosebench.results import RunResults
 from rosebench.tracking.mlflow_log import RUN_DIR_TAG, describe_error, log_run_folder
 from rosebench.tracking.run_folder import TrackingRecord, read_run
 from rosebench.tracking.settings import TrackingSettings, redact, redact_uri, uri_password
-from rosebench.tracking.store import SweepHandoff, connect, get_or_create_experiment, resolve_tracking_uri
+from rosebench.tracking.store import (
+    RUNS_VIEW,
+    SweepHandoff,
+    connect,
+    get_or_create_experiment,
+    resolve_tracking_uri,
+    runs_table_url,
+)
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +93,10 @@ class TrackedRun:
             tags={RUN_DIR_TAG: str(self.run_dir.resolve())},  # a later upload finds a run killed mid-way
         )
         self.record = TrackingRecord(
-            tracking_uri=redact_uri(uri), experiment_id=experiment_id, run_id=run.info.run_id
+            tracking_uri=redact_uri(uri),
+            experiment_id=experiment_id,
+            run_id=run.info.run_id,
+            url=runs_table_url(uri, experiment_id, handoff.parent_run_id if handoff else RUNS_VIEW),
         )
 
     def finish(self, status: str | None = None) -> TrackingRecord:

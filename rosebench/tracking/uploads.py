@@ -30,6 +30,7 @@ from rosebench.tracking.store import (
     get_or_create_experiment,
     resolve_tracking_uri,
     run_exists,
+    runs_table_url,
     ui_hint,
 )
 from rosebench.tracking.sweep_parent import close_sweep_parent, create_sweep_parent
@@ -128,7 +129,7 @@ def upload_sweep(client: MlflowClient, uri: str, sweep_dir: Path, experiment: st
     print(
         f"sweep parent run {parent_run_id} ended {status} ({len(pending)} of {len(started)} jobs logged now)"
     )
-    print(ui_hint(uri, experiment_id, parent_run_id))
+    print(ui_hint(uri, parent_run_id, runs_table_url(uri, experiment_id, parent_run_id)))
     return parent_run_id
 
 
@@ -159,5 +160,5 @@ def upload(
         return None
     experiment_id = get_or_create_experiment(client, experiment, uri)
     run_id = upload_run(client, uri, path, experiment_id)
-    print(ui_hint(uri, experiment_id, run_id))
+    print(ui_hint(uri, run_id, runs_table_url(uri, experiment_id)))
     return run_id
