@@ -1,5 +1,6 @@
-"""Ctrl-C and stop signals (Slurm's SIGTERM, `kill`) as one exception, so that every process of a run
-or a sweep ends the same way: finished work kept, MLflow runs KILLED, exit code 128 + signal number."""
+"""Ctrl-C and stop signals (`kill`; Slurm's SIGTERM at a time limit or `scancel`, and the SIGUSR2 that
+submitit asks Slurm to send shortly before the limit) as one exception, so that every process of a run or
+a sweep ends the same way: finished work kept, MLflow runs KILLED, exit code 128 + signal number."""
 
 from __future__ import annotations
 
@@ -29,6 +30,9 @@ class Interrupted(KeyboardInterrupt):
         self.signum = signum
 
 
+# SIGUSR2: submitit's jobs ask Slurm for it `signal_delay_s` before the time limit (to checkpoint; a
+# benchmark keeps its finished passes and ends its run while there is time to log it).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
 CHILDREN_GRACE_S = 60.0  # how long a sweep's workers get to keep their finished passes
 
 
@@ -54,14 +58,14 @@ def _stop_children(signum: int) -> None:
 
 @contextlib.contextmanager
 def stop_signals_as_interrupt() -> Iterator[None]:
-    """Within the block, SIGINT and SIGTERM raise ``Interrupted`` in the main thread; the previous
+    """Within the block, the stop signals raise ``Interrupted`` in the main thread; the previous
     handlers come back after it (a pooled worker, joblib's, must stay stoppable)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, _interrupt), signal.signal(signal.SIGINT, _interrupt)
+    previous = {signum: signal.signal(signum, _interrupt) for signum in STOP_SIGNALS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous[0])
-        signal.signal(signal.SIGINT, previous[1])
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

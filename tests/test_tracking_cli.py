@@ -288,9 +288,11 @@ def test_unreachable_store_keeps_the_run_then_upload_logs_it(tmp_path: Path) -> 
     assert "results.json" in artifact_paths(client, run.info.run_id)
 
 
-@pytest.mark.parametrize(("stop", "exit_code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize(
+    ("stop", "exit_code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGUSR2, 140)]
+)
 def test_stop_signal_mid_pass_keeps_the_finished_passes(tmp_path: Path, stop: int, exit_code: int) -> None:
-    """Ctrl-C (SIGINT) or Slurm's SIGTERM in the middle of the timed passes: the finished passes are the
+    """Ctrl-C (SIGINT), Slurm's SIGTERM or its pre-limit SIGUSR2 mid-pass: the finished passes are the
     figures, in results.json and in the MLflow run (KILLED); the pass in flight is dropped; one line."""
     uri, client = store(tmp_path)
     args = [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import socket
 import subprocess
@@ -62,4 +63,11 @@ def environment(device: torch.device) -> dict:
         "hostname": socket.gethostname(),
         "rosebench": package_version(),
         "git_commit": git_commit(),
+        "slurm_job_id": slurm_job_id(),
     }
+
+
+def slurm_job_id() -> str | None:
+    """The Slurm job running this process (``123_4`` for a task of a job array), None outside Slurm."""
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    return f"{array}_{task}" if array and task else os.environ.get("SLURM_JOB_ID")

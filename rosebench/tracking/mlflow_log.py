@@ -113,6 +113,7 @@ def mlflow_tags(results: RunResults, run_dir: Path) -> dict[str, str]:
         "rosebench_version": env.get("rosebench"),
         MLFLOW_GIT_COMMIT: env.get("git_commit"),
         "hydra_job_id": run.job_id,
+        "slurm_job_id": env.get("slurm_job_id"),
         "hydra_job_num": run.job_num,
         "hydra_overrides": json.dumps(run.overrides),
         "sweep_dir": run.sweep_dir,
