@@ -5,7 +5,9 @@ a sweep ends the same way: finished work kept, MLflow runs KILLED, exit code 128
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator
 
@@ -34,6 +36,7 @@ class Interrupted(KeyboardInterrupt):
 # benchmark keeps its finished passes and ends its run while there is time to log it).
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
 CHILDREN_GRACE_S = 60.0  # how long a sweep's workers get to keep their finished passes
+RESEND_DELAY_S = 0.05  # a signal that landed where it could not raise is sent again this much later
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -64,8 +67,29 @@ def stop_signals_as_interrupt() -> Iterator[None]:
         yield
         return
     previous = {signum: signal.signal(signum, _interrupt) for signum in STOP_SIGNALS}
+    previous_hook, sys.unraisablehook = sys.unraisablehook, _deliver_again(sys.unraisablehook)
     try:
         yield
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        sys.unraisablehook = previous_hook
+
+
+def _deliver_again(
+    previous: Callable[[sys.UnraisableHookArgs], object],
+) -> Callable[[sys.UnraisableHookArgs], None]:
+    """A signal that lands in a weakref callback or a ``__del__`` raises where Python cannot propagate:
+    it would print "Exception ignored ... Traceback" and be lost. Send it again a moment later, so that
+    it arrives after the hook has returned and raises at the next point where it can (seen: SIGTERM to a
+    parallel sweep's launcher); raised within the hook, it would only be ignored again."""
+
+    def hook(unraisable: sys.UnraisableHookArgs) -> None:
+        if isinstance(unraisable.exc_value, Interrupted):
+            resend = threading.Timer(RESEND_DELAY_S, os.kill, (os.getpid(), unraisable.exc_value.signum))
+            resend.daemon = True
+            resend.start()
+        else:
+            previous(unraisable)
+
+    return hook
