@@ -106,6 +106,9 @@ def test_time_limit_keeps_the_finished_passes(tmp_path: Path) -> None:
         *TINY,
         *LONG,
         "hydra.launcher.timeout_min=1",
+        # SIGUSR2 30 s before the limit: after the passes began (the default 120 s sends it at once, at
+        # times before the run's MLflow run exists)
+        "hydra.launcher.signal_delay_s=30",
         f"tracking.uri={uri}",
         "hydra.sweep.dir=sweep",
     )
