@@ -96,49 +96,53 @@ def test_three_point_sweep_lands_in_mlflow(tmp_path: Path) -> None:
     print(f"3-point slurm_cpu sweep: {wall:.1f} s wall")
 
 
-def test_time_limit_keeps_the_finished_passes(tmp_path: Path) -> None:
-    """A 1-minute limit: submitit asks Slurm for SIGUSR2 before it (then SIGTERM, SIGKILL); the run
-    stops at the first signal with its finished passes."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    proc = run_cli(
-        tmp_path,
-        "--multirun",
-        *TINY,
-        *LONG,
-        "hydra.launcher.timeout_min=1",
-        # SIGUSR2 30 s before the limit: after the passes began (the default 120 s sends it at once, at
-        # times before the run's MLflow run exists)
-        "hydra.launcher.signal_delay_s=30",
-        f"tracking.uri={uri}",
-        "hydra.sweep.dir=sweep",
-    )
-    assert proc.returncode != 0  # Hydra reports the stopped job
-    assert_stopped_with_passes(uri, tmp_path / "sweep", "SIGUSR2")
-
-
 def submitit_logs(sweep: Path) -> str:
     return "".join(p.read_text() for p in sweep.glob(".submitit/*/*.err"))
 
 
-def test_scancel_keeps_the_finished_passes(tmp_path: Path) -> None:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def start_long_sweep(tmp_path: Path, uri: str) -> tuple[subprocess.Popen, str]:
+    """A one-point sweep whose job runs passes until Slurm stops it: the launcher and the job's id, once
+    the job's third pass has begun."""
     sweep = tmp_path / "sweep"
     args = ("--multirun", *TINY, *LONG, f"tracking.uri={uri}", f"hydra.sweep.dir={sweep}")
     launcher = start_cli(tmp_path, *args, stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while "rosebench: pass 3/" not in submitit_logs(sweep):
+        if time.monotonic() > deadline or launcher.poll() is not None:
+            launcher.kill()
+            pytest.fail(f"the job never ran its passes:\n{submitit_logs(sweep)[-2000:]}")
+        time.sleep(0.5)
+    queue = subprocess.run(["squeue", "--noheader", "--me", "--format=%i"], capture_output=True, text=True)
+    [job_id] = queue.stdout.split()
+    return launcher, job_id
+
+
+def stop_and_check(tmp_path: Path, uri: str, slurm_command: str, signal_name: str) -> None:
+    """Run ``slurm_command`` (``{job}`` stands for the job id) once the passes run; check what was kept."""
+    launcher, job_id = start_long_sweep(tmp_path, uri)
     try:
-        deadline = time.monotonic() + 120
-        while "rosebench: pass 3/" not in submitit_logs(sweep):
-            assert time.monotonic() < deadline and launcher.poll() is None, "the job never ran its passes"
-            time.sleep(0.5)
-        queue = subprocess.run(
-            ["squeue", "--noheader", "--me", "--format=%i"], capture_output=True, text=True
-        )
-        [job_id] = queue.stdout.split()
-        subprocess.run(["scancel", job_id], check=True)  # Slurm: SIGTERM, then SIGKILL after KillWait
+        subprocess.run(slurm_command.format(job=job_id).split(), check=True)
         launcher.communicate(timeout=120)  # stderr is a pipe: read it to the end
     finally:
         launcher.kill()
-    assert_stopped_with_passes(uri, sweep, "SIGTERM")
+    assert launcher.returncode != 0  # Hydra reports the stopped job
+    assert_stopped_with_passes(uri, tmp_path / "sweep", signal_name)
+
+
+def test_time_limit_keeps_the_finished_passes(tmp_path: Path) -> None:
+    """The job's limit cut to 1 minute once its passes run: Slurm sends submitit's warning signal
+    (SIGUSR2, asked for 120 s before the limit, so at its next limit check, within 30 s), then SIGTERM and
+    SIGKILL at the limit. The run stops at the first signal with its finished passes. (Submitted with a
+    1-minute limit instead, the warning came at once, at times before the run existed: Slurm may send it
+    up to 60 s early.)"""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    stop_and_check(tmp_path, uri, "scontrol update JobId={job} TimeLimit=1", "SIGUSR2")
+
+
+def test_scancel_keeps_the_finished_passes(tmp_path: Path) -> None:
+    """scancel: SIGTERM, then SIGKILL after KillWait."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    stop_and_check(tmp_path, uri, "scancel {job}", "SIGTERM")
 
 
 def test_sweep_through_a_tracking_server(tmp_path: Path, mlflow_server: str) -> None:  # noqa: F811
