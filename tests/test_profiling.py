@@ -1,29 +1,17 @@
-"""Profiling: the trace summary against hand-computed numbers; real CPU profiles through ProfileSession."""
+"""Profiling: the trace summary of hand-written traces against hand-computed numbers, and the settings.
+Real profiles of the engine are in test_profile_engine.py."""
 
 from __future__ import annotations
 
-import gzip
 import json
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 import torch
-from torch.profiler import record_function
 
-from rosebench.profiling import (
-    NullProfileSession,
-    ProfileScheduleWarning,
-    ProfileSession,
-    ProfileSettings,
-    TraceSummary,
-    profile_session,
-    summarize_trace,
-    summarize_traces,
-)
+from rosebench.profiling import ProfileSettings, TraceSummary, summarize_trace, summarize_traces
 from rosebench.profiling.session import profiler_activities
 
-CPU = torch.device("cpu")
 HOST = {"pid": 1, "tid": 1}
 GPU = {"pid": 0, "tid": 7}
 
@@ -310,102 +298,6 @@ def test_graph_kernels_on_two_streams_count_once_and_gaps_between_steps_are_idle
     # Busy 50 + 20 + 15 + 5 = 90 us; idle gaps [0,20) [70,120) [125,150) [170,185) = 20+50+25+15 = 110 us.
     assert s.device_busy_ms == pytest.approx(0.090)
     assert s.device_idle_fraction == pytest.approx(110 / 200)
-
-
-def _scheduler_pass(session: ProfileSession | NullProfileSession, requests: int, decodes: int) -> int:
-    """Imitates a scheduler: per request a prefill step then decode steps, one session.step() per step."""
-    weight = torch.randn(16, 16)
-    steps = 0
-    for _ in range(requests):
-        for kind in ["prefill"] + ["decode"] * decodes:
-            with record_function("rosebench.scheduler.step"), record_function(f"rosebench.engine.{kind}"):
-                with record_function("rosebench.model.forward"):
-                    logits = torch.randn(4 if kind == "prefill" else 1, 16) @ weight
-                with record_function("rosebench.sampler.sample"):
-                    logits.argmax(dim=-1)
-            session.step()
-            steps += 1
-    return steps
-
-
-def _load(path: Path) -> dict:
-    with gzip.open(path, "rt") as f:
-        return json.load(f)
-
-
-def test_real_cpu_profile_through_session(tmp_path: Path):
-    # 2 requests x (prefill + 3 decodes) = 8 steps; active steps 2..6: decode, decode, prefill, decode x2.
-    settings = ProfileSettings(enabled=True, wait=1, warmup=1, active=5)
-    with profile_session(settings, tmp_path, CPU) as session:
-        _scheduler_pass(session, requests=2, decodes=3)
-    result = session.result
-    assert isinstance(session, ProfileSession) and session.steps == 8
-    assert result.warnings == []
-    assert result.traces == [tmp_path / "trace_0.json.gz"]
-    assert (tmp_path / "key_averages.txt").read_text().count("rosebench.engine.decode") >= 1
-
-    names = [e.get("name") for e in _load(result.traces[0])["traceEvents"]]
-    assert names.count("rosebench.engine.prefill") == 1
-    assert names.count("rosebench.engine.decode") == 4
-
-    summary = result.summary
-    assert TraceSummary.from_dict(json.loads((tmp_path / "summary.json").read_text())) == summary
-    assert summary.steps == 5 and summary.decode_steps == 4
-    assert summary.window_ms > 0
-    assert summary.cpu_ops_per_decode_step > 0
-    assert summary.kernels_per_decode_step is None and summary.device_idle_fraction is None
-    averages = {e.key: e.count for e in result.key_averages[0]}
-    for label, stats in summary.labels.items():
-        assert stats.count == averages[label]
-        assert 0 < stats.share <= 1
-    assert {
-        "rosebench.engine.prefill",
-        "rosebench.engine.decode",
-        "rosebench.scheduler.step",
-        "rosebench.model.forward",
-        "rosebench.sampler.sample",
-    } <= set(summary.labels)
-
-
-def test_short_pass_warns_and_keeps_what_it_recorded(tmp_path: Path):
-    settings = ProfileSettings(enabled=True, wait=1, warmup=1, active=3)  # needs 0+1+1+3 = 5 steps
-    warns = pytest.warns(ProfileScheduleWarning, match=r"ran 3 steps .* = 0\+1\+1\+3 = 5;")
-    with warns, ProfileSession(settings, tmp_path, CPU) as session:
-        _scheduler_pass(session, requests=1, decodes=2)
-    result = session.result
-    assert result.warnings and "ran 3 steps" in result.warnings[0]
-    # Stopping mid-active exported the one active step; the empty step opened by the last step() is dropped.
-    assert result.traces == [tmp_path / "trace_0.json.gz"]
-    assert result.summary.steps == 1 and result.summary.decode_steps == 1
-    assert "# warning: profiled pass ran 3 steps" in (tmp_path / "key_averages.txt").read_text()
-
-
-def test_pass_ending_before_any_active_step_writes_an_empty_summary(tmp_path: Path):
-    warns = pytest.warns(ProfileScheduleWarning, match="ran 1 steps .*nothing was recorded")
-    with warns, ProfileSession(ProfileSettings(enabled=True, wait=1, warmup=1), tmp_path, CPU) as session:
-        _scheduler_pass(session, requests=1, decodes=0)
-    assert session.result.traces == [] and not list(tmp_path.glob("trace_*"))
-    assert json.loads((tmp_path / "summary.json").read_text())["steps"] == 0
-
-
-@pytest.mark.filterwarnings("ignore:Warning. Profiler clears events")  # torch's note on repeat > 1
-def test_repeat_writes_one_trace_per_cycle(tmp_path: Path):
-    settings = ProfileSettings(enabled=True, wait=1, warmup=1, active=2, repeat=2)
-    with ProfileSession(settings, tmp_path, CPU) as session:
-        _scheduler_pass(session, requests=2, decodes=3)
-    result = session.result
-    assert result.traces == [tmp_path / "trace_0.json.gz", tmp_path / "trace_1.json.gz"]
-    assert len(result.key_averages) == 2
-    assert result.summary.steps == 4
-    per_cycle = [summarize_trace(p).labels["rosebench.scheduler.step"].count for p in result.traces]
-    assert per_cycle == [2, 2]
-
-
-def test_disabled_profiling_has_no_profiler(tmp_path: Path):
-    with profile_session(ProfileSettings(enabled=False), tmp_path / "prof", CPU) as session:
-        assert _scheduler_pass(session, requests=1, decodes=2) == 3
-    assert isinstance(session, NullProfileSession) and session.result is None
-    assert not (tmp_path / "prof").exists()
 
 
 def test_settings_validation_and_activities():
