@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rosebench.conf_dir import conf_dir
 from rosebench.config import ConfigError, RunConfig, load_config, register_configs
-from rosebench.overrides import naming_overrides, swept_keys
+from rosebench.overrides import name_part, naming_overrides, swept_keys
 from rosebench.results import ProfileRecord, RunInfo, RunResults
 from rosebench.signals import STOP_MARK, stop_signals_as_interrupt
 from rosebench.tracking.settings import TrackingSettings, redact, redact_logs, redact_uri, uri_password
@@ -43,9 +43,9 @@ def _run_name(config: RunConfig, model: str, overrides: list[str], swept: list[s
     A single run: mode and its overrides (the mode leads anyway, so ``mode=`` is not repeated)."""
     named = [o for o in naming_overrides(overrides) if o.key_or_group != "mode"]
     if swept:
-        values = {o.key_or_group: o.input_line for o in named}
+        values = {o.key_or_group: name_part(o) for o in named}
         return " ".join([*(values[k] for k in swept if k in values), f"{config.mode}-{model}"])
-    shown = [o.input_line for o in named]
+    shown = [name_part(o) for o in named]
     weights = [model] if config.engine.weights else []
     return "-".join([config.mode, *shown, *weights]) if shown else f"{config.mode}-{model}"
 

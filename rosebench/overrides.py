@@ -40,9 +40,18 @@ def naming_overrides(overrides: Iterable[str]) -> list[Override]:
     ]
 
 
+NAME_PART_CHARS = 40  # a long value (a prompt, a path) would bury the rest of a run's name
+
+
+def name_part(override: Override) -> str:
+    """``key=value`` as a run's name shows it, cut to NAME_PART_CHARS (the full value is in the params)."""
+    line = override.input_line
+    return line if len(line) <= NAME_PART_CHARS else line[: NAME_PART_CHARS - 1] + "…"
+
+
 def sweep_name(overrides: Iterable[str]) -> str:
     """``sweep num_requests=1,16,64 (engine=tiny)``: what was swept first, then what was fixed."""
     named = naming_overrides(overrides)
-    swept = [o.input_line for o in named if o.is_sweep_override()]
-    fixed = [o.input_line for o in named if not o.is_sweep_override()]
+    swept = [name_part(o) for o in named if o.is_sweep_override()]
+    fixed = [name_part(o) for o in named if not o.is_sweep_override()]
     return " ".join(["sweep", *swept, *([f"({' '.join(fixed)})"] if fixed else [])])

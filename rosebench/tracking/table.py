@@ -19,7 +19,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from rosebench.overrides import override_values
-from rosebench.tracking.mlflow_log import FIGURES_TABLE
+from rosebench.tracking.mlflow_log import FIGURES_TABLE, rounded
 from rosebench.tracking.plots import PLOTTED_METRICS, SweepPoint, plot_sweep
 from rosebench.tracking.run_folder import config_params, read_run
 
@@ -78,7 +78,8 @@ def _logged_spread(client: MlflowClient, run_id: str) -> dict[str, float]:
 
 
 def row_from_folder(run_dir: Path) -> RunRow:
-    """A row from a run folder's results.json (no MLflow involved)."""
+    """A row from a run folder's results.json (no MLflow involved), its figures rounded as MLflow holds
+    them, so that a report reads the same from the folder and from the store."""
     results = read_run(run_dir)
     run = results.run
     started = datetime.fromisoformat(run.started_at).timestamp() if run.started_at else 0.0
@@ -86,7 +87,7 @@ def row_from_folder(run_dir: Path) -> RunRow:
         run.name,
         results.status,
         *_with_overrides(config_params(results.config), run.overrides),
-        metrics={k: float(v) for k, v in results.metrics.items() if isinstance(v, (int, float))},
+        metrics={k: rounded(float(v)) for k, v in results.metrics.items() if isinstance(v, (int, float))},
         spread={k: float(v) for k, v in results.metrics_std.items() if isinstance(v, (int, float))},
         sweep=run.sweep_dir or "",
         started=started,
