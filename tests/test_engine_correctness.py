@@ -15,6 +15,7 @@ import torch
 
 from rosebench.engine import Engine, EngineConfig, KVCacheConfig, SamplingParams, Sequence
 from rosebench.engine.attention import ATTENTION_CLASSES, StepBatch
+from rosebench.engine.cpu_linear import PackedLinear
 
 BLOCK_SIZE = 4
 NEW_TOKENS = 8
@@ -32,12 +33,17 @@ B3 = [4342, 318, 1223]  # 3 tokens: no full block
 
 
 def make_engine(
-    hf_dir: Path, attention: str = "slot", prepack: bool = True, static_decode: bool = False, **overrides
+    hf_dir: Path,
+    attention: str = "slot",
+    prepack: bool = True,
+    static_decode: bool = False,
+    dtype: str = "float32",
+    **overrides,
 ) -> Engine:
     config = EngineConfig(
         weights=str(hf_dir),
         device="cpu",
-        dtype="float32",
+        dtype=dtype,
         attention=attention,
         prepack=prepack,
         max_num_seqs=overrides.pop("max_num_seqs", 4),
@@ -45,7 +51,12 @@ def make_engine(
         kv_cache=KVCacheConfig(block_size=overrides.pop("block_size", BLOCK_SIZE)),
     )
     assert not overrides, overrides
-    return Engine(config, static_decode=static_decode)
+    engine = Engine(config, static_decode=static_decode)
+    # The -prepack cases must run the packed linears (float32 on a CPU always can), the -plain ones not.
+    packed = sum(isinstance(m, PackedLinear) for m in engine.model.modules())
+    if dtype == "float32":
+        assert packed == (4 * engine.model_config.n_layer + 1 if prepack else 0)
+    return engine
 
 
 _HF_CACHE: dict[tuple[tuple[int, ...], int], list[int]] = {}
@@ -203,3 +214,36 @@ def test_logits_independent_of_padding_partner(hf_tiny_dir):
 
 def test_attention_variants_registered():
     assert set(ATTENTION_CLASSES) == {"slot", "naive"}
+
+
+# Unit roundoff: the relative error of one rounding (8 and 11 significant bits).
+UNIT_ROUNDOFF = {"bfloat16": 2**-8, "float16": 2**-11}
+# Logits may be off float32 by this many roundoffs of the largest logit. Measured on this model: 14 for
+# bfloat16 and 12 for float16, each about the same multiple of its own roundoff, which is what rounding
+# does (a wrong layout, cache or mask is off by the logits' own size, hundreds of roundoffs for bf16).
+ROUNDOFFS = 32
+
+
+@pytest.mark.parametrize("prepack", [True, False], ids=["prepack", "plain"])
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_low_precision_generation_stays_within_rounding_of_float32(
+    hf_tiny_dir, hf_tiny_model, dtype, prepack
+):
+    """bf16 and fp16 engines generate; each logit is within ROUNDOFFS roundoffs of transformers' float32
+    logit for the same prefix, so each generated token is within twice that of float32's best token
+    (exact agreement is not a fair test: where float32's top two are closer than rounding, either wins)."""
+    engine = make_engine(hf_tiny_dir, prepack=prepack, dtype=dtype)
+    prompts = [A, B1, B2, B3]
+    seqs = run_batch(engine, prompts, [16] * 4, first_id=0)
+    u = UNIT_ROUNDOFF[dtype]
+    for prompt, seq in zip(prompts, seqs):
+        assert len(seq.output_token_ids) == 16
+        ids = prompt + seq.output_token_ids
+        with torch.no_grad():
+            want = hf_tiny_model(torch.tensor([ids])).logits[0]
+        got = engine_logits(engine, [ids], [0])[0].float()
+        tolerance = ROUNDOFFS * u * want.abs().max().item()
+        assert (got - want).abs().max().item() <= tolerance
+        chosen = want[len(prompt) - 1 : -1]  # the float32 logits each generated token was drawn from
+        picked = chosen.gather(1, torch.tensor(seq.output_token_ids).unsqueeze(1)).squeeze(1)
+        assert (chosen.max(-1).values - picked).max().item() <= 2 * tolerance
