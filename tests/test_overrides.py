@@ -414,7 +414,8 @@ def step_labels(events: list[dict[str, Any]]) -> int:
 
 
 def test_profile_schedule_sets_the_recorded_steps_and_cycles(tmp_path: Path) -> None:
-    """16 steps (a prefill and 15 decodes); skip 1, then two cycles of wait 1, warmup 1, active 2."""
+    """16 steps (a prefill and 15 decodes), numbered from 0 by the profiler: skip step 0, then two cycles
+    of wait 1, warmup 1, active 2 record steps 3-4 and 7-8."""
     produced = run(
         tmp_path,
         "max_new_tokens=16",
@@ -428,9 +429,11 @@ def test_profile_schedule_sets_the_recorded_steps_and_cycles(tmp_path: Path) -> 
     )
     traces = sorted((produced.folder / "profile").glob("trace_*.json.gz"))
     assert [t.name for t in traces] == ["trace_0.json.gz", "trace_1.json.gz"]
-    for trace in traces:
+    for trace, recorded in zip(traces, ([3, 4], [7, 8])):
         with gzip.open(trace, "rt") as f:
-            assert step_labels(json.load(f)["traceEvents"]) == 2
+            events = json.load(f)["traceEvents"]
+        steps = sorted(int(e["name"].split("#")[1]) for e in events if e["name"].startswith("ProfilerStep#"))
+        assert steps == recorded and step_labels(events) == 2
 
 
 def test_profile_recording_options_add_what_they_name(tmp_path: Path) -> None:

@@ -418,10 +418,10 @@ def test_full_disk_at_the_end_loses_no_figure(tmp_path: Path, small_disk: Path) 
     [run] = experiment_runs(client)
     assert run.info.status == "FINISHED" and logged_figure(client, run, "requests") == 4
     printed = next(line for line in stdout.splitlines() if line.startswith("completion throughput"))
-    # Printed with one decimal, logged with 4 significant digits.
-    assert run.data.metrics["throughput_completion_tok_s"] == pytest.approx(
-        float(printed.split()[3]), rel=1e-3
-    )
+    # Printed with one decimal (off by 0.05 at most), logged with 4 significant digits (5e-4 relative):
+    # at 23.87 tok/s the table shows 23.9, a relative 1e-3 would not hold.
+    shown = float(printed.split()[3])
+    assert run.data.metrics["throughput_completion_tok_s"] == pytest.approx(shown, abs=0.05 + 5e-4 * shown)
     assert logged_passes(client, run) == 3
 
     (small_disk / "filler").unlink()
