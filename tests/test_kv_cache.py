@@ -297,9 +297,10 @@ def test_admission_refused_when_cache_is_full(hf_tiny_dir):
 
 
 # -- the prefix cache keeps free cached blocks while the cache has room -------------------------------------
-# DESIGN.md: "LRU eviction of free blocks". Here the cache has 64 blocks and uses at most 8, yet cached
-# prompts are lost: their content sits in a free slot that the engine overwrites (admission always takes
-# the lowest free slot; compaction moves a sequence into it) instead of using another free slot.
+# Free blocks are evicted least recently freed first, and only when a fresh block is needed: a cache of 64
+# blocks that uses at most 8 keeps every cached prompt. A freed block's content stays in its old slot, so
+# admission and compaction must not overwrite that slot while another free slot would do (they did once:
+# admission always took the lowest free slot, and compaction moved a sequence into it).
 def run_to_completion(engine: Engine, prompts: list[list[int]], max_new: list[int], first_id: int):
     seqs = [
         Sequence(first_id + i, p, SamplingParams(max_new_tokens=n, ignore_eos=True))
@@ -335,6 +336,17 @@ def test_prefix_cache_survives_compaction(hf_tiny_dir):
     assert again.num_cached_tokens == 12
 
 
+def test_prefix_cache_forgets_blocks_whose_slot_is_taken(hf_tiny_dir):
+    """With one slot, Q's admission overwrites the slot holding P's freed blocks: they must stop being
+    hits, though the block manager has not reused them (a hit would serve Q's K/V as P's)."""
+    engine = make_engine(hf_tiny_dir, block_size=4, max_num_seqs=1)
+    run_to_completion(engine, [P_PROMPT], [2], first_id=0)
+    run_to_completion(engine, [Q_PROMPT], [2], first_id=1)
+    (again,) = run_to_completion(engine, [P_PROMPT + [1]], [4], first_id=2)
+    assert again.num_cached_tokens == 0
+    assert again.output_token_ids == reference_greedy(hf_tiny_dir, P_PROMPT + [1], 4)
+
+
 # -- hypothesis: random workloads driven through admit/prefill/decode/preempt ----------------------------
 _REFERENCE: dict[tuple[tuple[int, ...], int], list[int]] = {}
 _REFERENCE_ENGINE: dict[str, Engine] = {}
@@ -361,28 +373,79 @@ def reference_greedy(hf_dir: Path, prompt: list[int], max_new: int) -> list[int]
 # Prompts are cut from a few base sequences so that prefixes are shared across requests.
 _BASES = [[(b * 7919 + i * 104729) % 50000 + 1 for i in range(40)] for b in range(3)]
 
-request_strategy = st.tuples(st.integers(0, 2), st.integers(1, 20), st.integers(1, 12))
+
+# Ranges of a workload's draws, by regime; each bounds pair is inclusive.
+KV_REGIMES = {
+    # Several sequences growing in a block or two more than the longest needs alone: admissions are
+    # refused and decodes preempt; prompts from two bases often share a cached prefix.
+    "crowded": {
+        "bases": 2,
+        "prompt_len": (1, 20),
+        "max_new": (3, 10),
+        "num_requests": (3, 6),
+        "max_num_seqs": (2, 5),
+        "spare_blocks": (0, 2),
+    },
+    # As crowded, with long prompts all cut from one base: later admissions hit the prefix cache, and
+    # preemption releases blocks that other sequences still hold.
+    "shared": {
+        "bases": 1,
+        "prompt_len": (6, 24),
+        "max_new": (3, 10),
+        "num_requests": (3, 6),
+        "max_num_seqs": (2, 5),
+        "spare_blocks": (0, 2),
+    },
+    # Broad ranges: most runs take the plain paths, with the prefix cache on or off.
+    "roomy": {
+        "bases": 3,
+        "prompt_len": (1, 20),
+        "max_new": (1, 12),
+        "num_requests": (1, 6),
+        "max_num_seqs": (1, 4),
+        "spare_blocks": (0, 12),
+    },
+}
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    requests=st.lists(request_strategy, min_size=1, max_size=6),
-    block_size=st.sampled_from([1, 2, 3, 4, 8]),
-    max_num_seqs=st.integers(1, 4),
-    spare_blocks=st.integers(0, 12),
-    prefix_cache=st.booleans(),
-    seed=st.integers(0, 2**16),
-)
-def test_random_workloads_keep_kv_invariants(
-    hf_tiny_dir, requests, block_size, max_num_seqs, spare_blocks, prefix_cache, seed
-):
-    rng = random.Random(seed)
+@st.composite
+def kv_workloads(draw: st.DrawFn, regime: str) -> dict:
+    ranges = KV_REGIMES[regime]
+    request = st.tuples(
+        st.integers(0, ranges["bases"] - 1),
+        st.integers(*ranges["prompt_len"]),
+        st.integers(*ranges["max_new"]),
+    )
+    low, high = ranges["num_requests"]
+    return {
+        "requests": draw(st.lists(request, min_size=low, max_size=high)),
+        "block_size": draw(st.sampled_from([1, 2, 3, 4, 8])),
+        "max_num_seqs": draw(st.integers(*ranges["max_num_seqs"])),
+        "spare_blocks": draw(st.integers(*ranges["spare_blocks"])),
+        "prefix_cache": draw(st.booleans()) if regime == "roomy" else True,
+        # Preempting a running sequence the cache did not need to give up (as a scheduler does to make
+        # room for a higher-priority request): its recomputation then resumes from its own cached blocks.
+        "unrequested_preemption_rate": draw(st.sampled_from([0.1, 0.3, 0.5])),
+        "seed": draw(st.integers(0, 2**16)),
+    }
+
+
+# One run per regime, so that each regime gets its share of examples: a strategy choosing the regime gave
+# one of them three examples in four under some seeds.
+@pytest.mark.parametrize("regime", list(KV_REGIMES))
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_random_workloads_keep_kv_invariants(hf_tiny_dir, regime, data):
+    workload = data.draw(kv_workloads(regime))
+    rng = random.Random(workload["seed"])
+    requests, block_size = workload["requests"], workload["block_size"]
+    max_num_seqs = workload["max_num_seqs"]
     prompts = [_BASES[base][:length] for base, length, _ in requests]
     max_new = [n for _, _, n in requests]
     # Enough blocks for the longest request alone, plus a few: tight enough to force refusals and preemption.
     longest = max(-(-(len(p) + n) // block_size) for p, n in zip(prompts, max_new))
-    num_blocks = min(longest + spare_blocks, max_num_seqs * -(-MAX_MODEL_LEN // block_size))
-    engine = make_engine(hf_tiny_dir, block_size, num_blocks, max_num_seqs, prefix_cache)
+    num_blocks = min(longest + workload["spare_blocks"], max_num_seqs * -(-MAX_MODEL_LEN // block_size))
+    engine = make_engine(hf_tiny_dir, block_size, num_blocks, max_num_seqs, workload["prefix_cache"])
     seqs = [
         Sequence(i, p, SamplingParams(max_new_tokens=n, ignore_eos=True))
         for i, (p, n) in enumerate(zip(prompts, max_new))
@@ -391,42 +454,44 @@ def test_random_workloads_keep_kv_invariants(
         engine.check_request(seq.num_prompt_tokens, seq.params.max_new_tokens)
     waiting = list(seqs)
     running: list[Sequence] = []
+
+    def preempt(victim: Sequence, why: str) -> None:
+        event(why)
+        engine.preempt(victim)
+        running.remove(victim)
+        waiting.insert(0, victim)
+
     steps = 0
     while waiting or running:
         steps += 1
         assert steps < 500, "no progress"
         admitted = []
         while waiting and engine.admit(waiting[0]):
-            admitted.append(waiting.pop(0))
+            seq = waiting.pop(0)
+            if seq.output_token_ids and seq.num_computed_tokens:
+                event("recomputation resumed from cached blocks")
+            admitted.append(seq)
         if waiting and engine.placement.num_free_slots:
             event("admission refused for blocks")
         assert admitted or running, f"nothing runs and {waiting[0]} cannot be admitted"
         if admitted:
             engine.prefill(admitted)
             running += admitted
+        elif rng.random() < workload["unrequested_preemption_rate"]:
+            preempt(rng.choice(running), "unrequested preemption")
         else:
             # Decode everyone, or sometimes a random subset (the gather path, no compaction).
-            batch = running if rng.random() < 0.7 else rng.sample(running, rng.randint(1, len(running)))
+            batch = list(running) if rng.random() < 0.7 else rng.sample(running, rng.randint(1, len(running)))
             while not engine.can_decode(batch):
-                victim = batch[-1]
-                event("preempted for blocks")
-                engine.preempt(victim)
-                running.remove(victim)
-                batch = [s for s in batch if s is not victim]
-                waiting.insert(0, victim)
+                preempt(batch.pop(), "preempted for blocks")
             if batch:
                 engine.decode(batch)
-            elif rng.random() < 0.3 and running:  # an occasional preemption nobody asked for
-                victim = rng.choice(running)
-                engine.preempt(victim)
-                running.remove(victim)
-                waiting.insert(0, victim)
         running = [s for s in running if not s.is_finished]
         check_invariants(engine, seqs)
 
     assert_all_released(engine)
     if engine.kv_stats().prefix_hits:
-        event("prefix cache hit")
+        event("prefix cache hit on a prompt")
     for seq in seqs:
         assert seq.finish_reason == "length"
         assert seq.output_token_ids == reference_greedy(
