@@ -375,27 +375,21 @@ _BASES = [[(b * 7919 + i * 104729) % 50000 + 1 for i in range(40)] for b in rang
 
 
 # Ranges of a workload's draws, by regime; each bounds pair is inclusive.
+# Several sequences in a cache at most one block larger than the longest request needs alone: admissions
+# are refused and decodes preempt; prompts from two bases often share a cached prefix.
+CROWDED_KV = {
+    "bases": 2,
+    "prompt_len": (4, 20),
+    "max_new": (3, 10),
+    "num_requests": (3, 6),
+    "max_num_seqs": (2, 5),
+    "spare_blocks": (0, 1),
+}
 KV_REGIMES = {
-    # Several sequences in a cache at most one block larger than the longest request needs alone:
-    # admissions are refused and decodes preempt; prompts from two bases often share a cached prefix.
-    "crowded": {
-        "bases": 2,
-        "prompt_len": (4, 20),
-        "max_new": (3, 10),
-        "num_requests": (3, 6),
-        "max_num_seqs": (2, 5),
-        "spare_blocks": (0, 1),
-    },
+    "crowded": CROWDED_KV,
     # As crowded, with up to two spare blocks and long prompts all cut from one base: later admissions hit
     # the prefix cache, and preemption releases blocks that other sequences still hold.
-    "shared": {
-        "bases": 1,
-        "prompt_len": (6, 24),
-        "max_new": (3, 10),
-        "num_requests": (3, 6),
-        "max_num_seqs": (2, 5),
-        "spare_blocks": (0, 2),
-    },
+    "shared": {**CROWDED_KV, "bases": 1, "prompt_len": (6, 24), "spare_blocks": (0, 2)},
     # Broad ranges: most runs take the plain paths, with the prefix cache on or off.
     "roomy": {
         "bases": 3,

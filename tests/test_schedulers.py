@@ -315,26 +315,20 @@ MAX_NEW = 10
 
 
 # Ranges of a scenario's draws, by regime; each bounds pair is inclusive.
+# Several requests, batches of two or more, and a cache a block or two beyond the longest request needs
+# alone: decodes preempt, and prompts from the shared base often hit the prefix cache.
+CROWDED_SCENARIO = {
+    "pool": (0, len(POOL) - 1),
+    "num_requests": (3, 6),
+    "max_new": (4, MAX_NEW),
+    "block_sizes": [1, 2, 4],
+    "max_spare_blocks": lambda need: 2,
+    "max_batch": (2, 8),
+}
 SCENARIO_REGIMES = {
-    # Several requests, batches of two or more, and a cache a block or two beyond the longest request
-    # needs alone: decodes preempt, and prompts from the shared base often hit the prefix cache.
-    "crowded": {
-        "pool": (0, len(POOL) - 1),
-        "num_requests": (3, 6),
-        "max_new": (4, MAX_NEW),
-        "block_sizes": [1, 2, 4],
-        "max_spare_blocks": lambda need: 2,
-        "max_batch": (2, 8),
-    },
+    "crowded": CROWDED_SCENARIO,
     # As crowded, with prompts that share at least their first 8 tokens: later prompts hit the prefix cache.
-    "shared": {
-        "pool": (2, 7),
-        "num_requests": (3, 6),
-        "max_new": (4, MAX_NEW),
-        "block_sizes": [1, 2, 4],
-        "max_spare_blocks": lambda need: 2,
-        "max_batch": (2, 8),
-    },
+    "shared": {**CROWDED_SCENARIO, "pool": (2, 7)},
     # Broad ranges: most runs take the plain paths, with the prefix cache on or off.
     "roomy": {
         "pool": (0, len(POOL) - 1),
