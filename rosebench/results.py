@@ -48,6 +48,9 @@ class RunInfo:
     ended_at: str | None = None
     interrupted_during: str | None = None  # the pass an interrupt cut short (dropped from the figures)
     profile_error: str | None = None  # a failed profiled pass; the timed figures are kept
+    # Whether the rest of the machine was busy during a timed pass (metrics["contention_max"] above
+    # runner.conditions.CONTENDED_SHARE); None when not measured (results from before it was).
+    contended: bool | None = None
 
 
 @dataclass
