@@ -21,10 +21,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from rosebench.conf_dir import conf_dir
 from rosebench.config import ConfigError, RunConfig, load_config, register_configs
+from rosebench.failed_points import record_failed_point
+from rosebench.files import write_atomic
 from rosebench.overrides import name_part, naming_overrides, swept_keys
 from rosebench.results import ProfileRecord, RunInfo, RunResults
 from rosebench.signals import STOP_MARK, stop_signals_as_interrupt
-from rosebench.tracking.settings import TrackingSettings, redact, redact_logs, redact_uri, uri_password
+from rosebench.tracking.settings import TrackingSettings, redact, redact_logs, redact_uri
 
 if TYPE_CHECKING:
     from rosebench.runner.benchmark import Outcome
@@ -98,9 +100,8 @@ def benchmark(config: RunConfig) -> dict[str, float]:
         print("rosebench: the sweep was stopped; this point does not start", file=sys.stderr)
         raise SystemExit(128 + signal.SIGTERM)
     run_dir = Path(hc.runtime.output_dir)
-    password = uri_password(config.tracking.uri)
-    redact_logs(password)
-    _scrub_hydra_files(run_dir, password)
+    redact_logs()
+    _scrub_hydra_files(run_dir)
     setup = prepare(config)
     if hc.mode == RunMode.MULTIRUN:
         _warn_parallel_launcher()
@@ -112,7 +113,7 @@ def benchmark(config: RunConfig) -> dict[str, float]:
         model=model,
     )
     results.config["tracking"]["uri"] = redact_uri(config.tracking.uri)
-    results.run.overrides = [redact(o, password) for o in results.run.overrides]
+    results.run.overrides = [redact(o) for o in results.run.overrides]
     tracked = _tracked_run(config.tracking, run_dir, results.run)
     with tracked or contextlib.nullcontext():
         try:
@@ -187,20 +188,16 @@ def _try_write(path: Path, write: Callable[[], object], unwritten: list[str]) ->
         unwritten.append(f"{path} ({error.strerror or error})")
 
 
-def _scrub_hydra_files(run_dir: Path, password: str | None) -> None:
-    """Hydra wrote the overrides, the tracking URI's password included, into .hydra/ (and a sweep's
-    multirun.yaml): take the password out before anything is logged or shared."""
-    if not password:
-        return
+def _scrub_hydra_files(run_dir: Path) -> None:
+    """Hydra wrote the overrides, a URI's password included, into .hydra/ (and a sweep's multirun.yaml):
+    take the password out before anything is logged or shared."""
     hc = HydraConfig.get()
     files = list((run_dir / ".hydra").glob("*.yaml"))
     if hc.mode == RunMode.MULTIRUN:
         files.append(Path(hc.sweep.dir) / "multirun.yaml")
     for path in files:
-        if path.is_file() and password in (text := path.read_text()):
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # parallel jobs share multirun.yaml
-            tmp.write_text(redact(text, password))
-            tmp.replace(path)
+        if path.is_file() and (redacted := redact(text := path.read_text())) != text:
+            write_atomic(path, redacted)  # parallel jobs share multirun.yaml: each writes its own temp file
 
 
 def _tracked_run(tracking: TrackingSettings, run_dir: Path, run: RunInfo) -> TrackedRun | None:
@@ -218,14 +215,19 @@ def _hydra_main(cfg: DictConfig) -> dict[str, float]:
     # Hydra logs into the run folder: on a full disk a failing log handler must not print tracebacks
     # between the figures and the one line that says what could not be written.
     logging.raiseExceptions = False
+    # hydra.job.chdir=true moves a job into its run folder; user paths (engine.weights, workload.path, a
+    # relative sqlite store, the default mlflow.db) stay the launch folder's, as without it.
+    os.chdir(HydraConfig.get().runtime.cwd)
     try:
-        config = load_config(cfg)
+        config = load_config(cfg, HydraConfig.get().overrides.task)
         with stop_signals_as_interrupt():
             return benchmark(config)
     except ConfigError as error:
         print(f"rosebench: error: {error}", file=sys.stderr)
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
-            raise  # Hydra marks this job failed and runs the others
+        hc = HydraConfig.get()
+        if hc.mode == RunMode.MULTIRUN:  # the other points run; the sweep exits 1 (FailedPointsCallback)
+            record_failed_point(Path(hc.sweep.dir), str(error))
+            return {}
         sys.exit(1)
     except KeyboardInterrupt as stop:  # before the passes began: nothing was measured
         print(

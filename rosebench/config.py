@@ -10,6 +10,8 @@ No torch is imported here: ``--help`` and config errors stay fast.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +20,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from rosebench.engine.config import EngineConfig
 from rosebench.engine.sequence import SamplingParams
+from rosebench.overrides import override_values
 from rosebench.profiling.settings import ProfileSettings
 from rosebench.scheduler.config import SchedulerConfig
 from rosebench.tracking.settings import TrackingSettings
@@ -51,20 +54,26 @@ class RunConfig:
     tracking: TrackingSettings = field(default_factory=TrackingSettings)
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"mode={self.mode}: allowed values are {', '.join(MODES)}")
-        for key in ("num_requests", "max_new_tokens", "repeat"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"{key}={getattr(self, key)}: must be >= 1")
-        for key in ("warmup", "trial"):
-            if getattr(self, key) < 0:
-                raise ValueError(f"{key}={getattr(self, key)}: must be >= 0")
-        if not 0 <= self.seed < SEED_LIMIT:
-            raise ValueError(f"seed={self.seed}: must be in [0, 2**32)")
-        if self.num_requests > MAX_REQUESTS:
-            raise ValueError(
-                f"num_requests={self.num_requests}: must be <= {MAX_REQUESTS} (one pass holds them all)"
-            )
+        check_run_keys(self)
+
+
+def check_run_keys(run: Any) -> None:
+    """The top-level keys' ranges. ``load_config`` checks them before the nested nodes are built, so that a
+    bad ``seed`` is reported as ``seed=`` rather than as the ``engine.seed`` interpolated from it."""
+    if run.mode not in MODES:
+        raise ValueError(f"mode={run.mode}: allowed values are {', '.join(MODES)}")
+    for key in ("num_requests", "max_new_tokens", "repeat"):
+        if getattr(run, key) < 1:
+            raise ValueError(f"{key}={getattr(run, key)}: must be >= 1")
+    for key in ("warmup", "trial"):
+        if getattr(run, key) < 0:
+            raise ValueError(f"{key}={getattr(run, key)}: must be >= 0")
+    if not 0 <= run.seed < SEED_LIMIT:
+        raise ValueError(f"seed={run.seed}: must be in [0, 2**32)")
+    if run.num_requests > MAX_REQUESTS:
+        raise ValueError(
+            f"num_requests={run.num_requests}: must be <= {MAX_REQUESTS} (one pass holds them all)"
+        )
 
 
 def register_configs() -> None:
@@ -75,9 +84,59 @@ def register_configs() -> None:
         store.store(group="workload", name=kind, node=node)
 
 
-def load_config(cfg: DictConfig) -> RunConfig:
-    """The composed Hydra config as typed objects; any node's check failing is a one-line ``ConfigError``."""
+def load_config(cfg: DictConfig, overrides: Sequence[str] = ()) -> RunConfig:
+    """The composed Hydra config as typed objects; any node's check failing is a one-line ``ConfigError``.
+    ``overrides`` are the command line's (they tell a typed ``max_new_tokens`` from its default)."""
+    unknown = unknown_keys(cfg)
+    if unknown:
+        raise ConfigError(unknown[0])
     try:
+        check_run_keys(cfg)
+        _one_max_new_tokens(cfg, override_values(overrides))
         return OmegaConf.to_object(cfg)
     except ValueError as error:
         raise ConfigError(str(error)) from None
+
+
+def unknown_keys(node: DictConfig, path: str = "") -> list[str]:
+    """A message for each key (``+key=...`` on the command line, or a typo in a YAML file) that no
+    dataclass of the schema defines: Hydra's ``+`` adds keys even to a typed config; nothing reads them."""
+    schema = OmegaConf.get_type(node)
+    if not dataclasses.is_dataclass(schema):
+        return []
+    fields = [f.name for f in dataclasses.fields(schema)]
+    problems = []
+    for key in node:
+        name = f"{path}{key}"
+        if key not in fields:
+            problems.append(
+                f"{name}: no such key in {_node_name(path, schema)} (its keys: {', '.join(fields)})"
+            )
+        elif isinstance(node._get_node(key), DictConfig) and not OmegaConf.is_missing(node, key):
+            problems += unknown_keys(node[key], f"{name}.")
+    return problems
+
+
+def _node_name(path: str, schema: type) -> str:
+    """How a user names the node: ``workload=fixed`` for a group option, ``engine`` or ``the config``."""
+    if path == "workload.":
+        kind = next((k for k, node in WORKLOAD_KINDS.items() if node is schema), None)
+        if kind is not None:
+            return f"workload={kind}"
+    return path.rstrip(".") or "the config"
+
+
+def _one_max_new_tokens(cfg: DictConfig, typed: dict[str, str]) -> None:
+    """``sampling.max_new_tokens`` defaults to ``max_new_tokens``. Set on its own, it is what ran, so the
+    top-level key (the param, results.json) takes its value; set to another value beside it, it is refused."""
+    if OmegaConf.is_interpolation(cfg.sampling, "max_new_tokens"):
+        return
+    own = cfg.sampling.max_new_tokens
+    if own == cfg.max_new_tokens:
+        return
+    if "max_new_tokens" in typed:
+        raise ValueError(
+            f"max_new_tokens={cfg.max_new_tokens} and sampling.max_new_tokens={own} disagree: set one "
+            "(sampling.max_new_tokens defaults to max_new_tokens)"
+        )
+    cfg.max_new_tokens = own

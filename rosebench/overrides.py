@@ -32,12 +32,15 @@ _UNNAMED = ("tracking.uri",)
 
 
 def naming_overrides(overrides: Iterable[str]) -> list[Override]:
-    """The overrides a run's name shows (not the tracking URI, not ``hydra.*``), in command-line order."""
-    return [
+    """The overrides a run's name shows (not the tracking URI, not ``hydra.*``), in command-line order. A key
+    given twice shows once, with the value Hydra applied: the last."""
+    named = [
         o
         for o in parse_overrides(overrides)
         if o.key_or_group not in _UNNAMED and not o.key_or_group.startswith("hydra.")
     ]
+    last = {o.key_or_group: o for o in named}
+    return [o for o in named if last[o.key_or_group] is o]
 
 
 NAME_PART_CHARS = 40  # a long value (a prompt, a path) would bury the rest of a run's name

@@ -6,6 +6,7 @@ or logged: ``redact_uri`` gives what appears instead."""
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -26,35 +27,51 @@ def uri_password(uri: str | None) -> str | None:
 
 def redact_uri(uri: str | None) -> str | None:
     """``http://user:***@host:port/...``: what rosebench writes, prints or logs instead of the URI."""
-    password = uri_password(uri)
-    return redact(uri, password) if uri and password else uri
+    return redact(uri) if uri else uri
 
 
-def redact(text: str, password: str | None) -> str:
-    """``text`` with every occurrence of ``password`` replaced by ``***``."""
-    return text.replace(password, "***") if password else text
+# A URI's scheme and authority (user info and host), as it stands in text: a config file, an override
+# (Hydra escapes its colons with a backslash in some places), a message.
+_AUTHORITY = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*\\?://)(?P<authority>[^\s/?#'\"]+)")
 
 
-_REDACTED_IN_LOGS: set[str] = set()
+def redact(text: str) -> str:
+    """``text`` with the password of every URI in it replaced by ``***``, where it stands: found by reading
+    each URI's authority (user info ends at its last ``@``), never by searching for the password's text,
+    which may be a short string found everywhere (``8``)."""
+
+    def hide(match: re.Match[str]) -> str:
+        authority = match["authority"]
+        if "@" not in authority:
+            return match[0]
+        user_info, host = authority.rsplit("@", 1)
+        user, colon, _ = user_info.partition(":")
+        if not colon:
+            return match[0]
+        return f"{match['scheme']}{user}:***@{host}"
+
+    return _AUTHORITY.sub(hide, text)
 
 
-def redact_logs(password: str | None) -> None:
-    """Take ``password`` out of every log record made in this process from now on (Hydra echoes each sweep
+_redacting_logs = False
+
+
+def redact_logs() -> None:
+    """Take URI passwords out of every log record made in this process from now on (Hydra echoes each sweep
     job's overrides, the tracking URI included, to the console and to log files). A record factory, not
     a handler filter: Hydra's launchers reconfigure logging, and replace the handlers, after this runs."""
-    if not password or password in _REDACTED_IN_LOGS:
+    global _redacting_logs
+    if _redacting_logs:  # one factory per process, however many runs a pooled worker does
         return
-    if not _REDACTED_IN_LOGS:  # one factory per process, however many runs a pooled worker does
-        make_record = logging.getLogRecordFactory()
+    _redacting_logs = True
+    make_record = logging.getLogRecordFactory()
 
-        def redacting_factory(*args: object, **kwargs: object) -> logging.LogRecord:
-            record = make_record(*args, **kwargs)
-            message = record.getMessage()
-            if any(secret in message for secret in _REDACTED_IN_LOGS):
-                for secret in _REDACTED_IN_LOGS:
-                    message = redact(message, secret)
-                record.msg, record.args = message, None
-            return record
+    def redacting_factory(*args: object, **kwargs: object) -> logging.LogRecord:
+        record = make_record(*args, **kwargs)
+        message = record.getMessage()
+        redacted = redact(message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return record
 
-        logging.setLogRecordFactory(redacting_factory)
-    _REDACTED_IN_LOGS.add(password)
+    logging.setLogRecordFactory(redacting_factory)

@@ -52,13 +52,13 @@ class MlflowSweepCallback(Callback):
         signals.on_stop(lambda: stop_mark.touch() if stop_mark.parent.is_dir() else None)  # tracking or not
         if not self.enabled:
             return
-        from rosebench.tracking.settings import redact_logs, uri_password
+        from rosebench.tracking.settings import redact_logs
 
-        redact_logs(uri_password(self.uri))  # before the launcher echoes each job's overrides
+        redact_logs()  # before the launcher echoes each job's overrides
         sweep_dir = Path(config.hydra.sweep.dir)
         overrides = list(OmegaConf.to_container(config.hydra.overrides.task, resolve=False))
         from rosebench.tracking.mlflow_log import describe_error
-        from rosebench.tracking.settings import redact, redact_uri, uri_password
+        from rosebench.tracking.settings import redact, redact_uri
         from rosebench.tracking.store import (
             SweepHandoff,
             connect,
@@ -72,8 +72,7 @@ class MlflowSweepCallback(Callback):
             self.tracking_uri = resolve_tracking_uri(self.uri)
             client = connect(self.tracking_uri)
             self.experiment_id = get_or_create_experiment(client, self.experiment, self.tracking_uri)
-            password = uri_password(self.tracking_uri)
-            shown = [redact(o, password) for o in overrides]
+            shown = [redact(o) for o in overrides]
             self.parent_run_id = create_sweep_parent(client, self.experiment_id, sweep_dir, shown)
             handoff = SweepHandoff(redact_uri(self.tracking_uri), self.experiment_id, self.parent_run_id)
             handoff.write(sweep_dir)
@@ -90,10 +89,14 @@ class MlflowSweepCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self.parent_run_id is None or self.tracking_uri is None:
             return
+        from rosebench.failed_points import failed_points
         from rosebench.tracking.store import connect, runs_table_url
         from rosebench.tracking.sweep_parent import close_sweep_parent
 
-        status = close_sweep_parent(connect(self.tracking_uri), self.parent_run_id)
+        refused = failed_points(Path(config.hydra.sweep.dir))  # points with no run: all children finished
+        status = close_sweep_parent(
+            connect(self.tracking_uri), self.parent_run_id, "FAILED" if refused else None
+        )
         atexit.unregister(self.close_unfinished)  # only now: if closing failed, the exit hook retries
         url = runs_table_url(self.tracking_uri, self.experiment_id or "", view=self.parent_run_id)
         log.info("sweep parent run %s ended %s: %s", self.parent_run_id, status, url)

@@ -13,7 +13,7 @@ import mlflow
 from rosebench.results import RunResults
 from rosebench.tracking.mlflow_log import RUN_DIR_TAG, describe_error, log_run_folder
 from rosebench.tracking.run_folder import TrackingRecord, read_run
-from rosebench.tracking.settings import TrackingSettings, redact, redact_uri, uri_password
+from rosebench.tracking.settings import TrackingSettings, redact, redact_uri
 from rosebench.tracking.store import (
     RUNS_VIEW,
     SweepHandoff,
@@ -135,7 +135,7 @@ class TrackedRun:
             log.debug("could not end MLflow run: %s", error)
 
     def _warn(self, stage: str, consequence: str, error: Exception) -> None:
-        described = redact(describe_error(error), uri_password(self._uri or self.settings.uri))
+        described = redact(describe_error(error))
         self.record.error = f"{stage}: {described}"
         warnings.warn(
             f"MLflow tracking failed at {stage} ({described}); {consequence}. Results are kept "
