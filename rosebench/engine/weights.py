@@ -4,6 +4,9 @@ rosetrainer-style ``.pt`` checkpoint. Every failure names the file and the key."
 from __future__ import annotations
 
 import json
+import pickle
+import re
+import zipfile
 from pathlib import Path
 
 import torch
@@ -57,19 +60,33 @@ def build_model(preset: str, weights: str | None, seed: int) -> GPT2:
         model = GPT2(MODEL_PRESETS[preset])
         model.init_weights(torch.Generator().manual_seed(seed))
         return model
-    path = Path(weights).expanduser()
+    path = _weights_path(weights)
+    return load_hf_folder(path) if path.is_dir() else load_checkpoint(path)
+
+
+def model_config(preset: str, weights: str | None) -> ModelConfig:
+    """The shape ``build_model`` builds (its ``vocab_size`` above all), read without loading the weights
+    where the source allows: a preset, an HF folder's config.json, a checkpoint's "config" (memory-mapped,
+    so its tensors are not read). A source that cannot be read fails here with ``build_model``'s message."""
+    if weights is None:
+        return MODEL_PRESETS[preset]
+    path = _weights_path(weights)
     if path.is_dir():
-        return load_hf_folder(path)
-    if path.suffix == ".pt" and path.is_file():
-        return load_checkpoint(path)
+        return _hf_config(path / "config.json")
+    return _checkpoint_config(path, _read_checkpoint(path, mmap=zipfile.is_zipfile(path)))
+
+
+def _weights_path(weights: str) -> Path:
+    path = Path(weights).expanduser()
+    if path.is_dir() or (path.suffix == ".pt" and path.is_file()):
+        return path
     raise WeightsError(
         f"engine.weights={weights}: not found or not a weights source "
         "(allowed: a Hugging Face GPT-2 folder or a .pt checkpoint file)"
     )
 
 
-def load_hf_folder(folder: Path) -> GPT2:
-    config_file = folder / "config.json"
+def _hf_config(config_file: Path) -> ModelConfig:
     if not config_file.is_file():
         raise WeightsError(f"{config_file}: missing (a Hugging Face GPT-2 folder needs config.json)")
     try:
@@ -83,7 +100,11 @@ def load_hf_folder(folder: Path) -> GPT2:
             raise WeightsError(f"{config_file}: missing key '{key}'")
     values = {key: hf[key] for key in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head")}
     values["layer_norm_eps"] = hf.get("layer_norm_epsilon", 1e-5)
-    cfg = _model_config(config_file, values)
+    return _model_config(config_file, values)
+
+
+def load_hf_folder(folder: Path) -> GPT2:
+    cfg = _hf_config(folder / "config.json")
     weights_file, state = _read_hf_state(folder)
     ours: dict[str, torch.Tensor] = {}
     for key, tensor in state.items():
@@ -104,26 +125,8 @@ def load_hf_folder(folder: Path) -> GPT2:
 
 
 def load_checkpoint(path: Path) -> GPT2:
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise WeightsError(f"{path}: cannot be read as a torch checkpoint ({_one_line(err)})") from None
-    if not isinstance(payload, dict) or "model" not in payload or "config" not in payload:
-        raise WeightsError(f"{path}: expected a dict with keys 'model' (state_dict) and 'config'")
-    if not isinstance(payload["model"], dict) or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in payload["model"].items()
-    ):
-        raise WeightsError(f"{path}: key 'model' must be a state_dict (parameter name -> tensor)")
-    raw = payload["config"]
-    if not isinstance(raw, dict):
-        raise WeightsError(f"{path}: key 'config' must be a dict of model settings")
-    values = {}
-    for field_name, aliases in _CONFIG_ALIASES.items():
-        found = next((raw[a] for a in aliases if a in raw), None)
-        if found is None and field_name != "layer_norm_eps":
-            raise WeightsError(f"{path}: config lacks {field_name!r} (any of {', '.join(aliases)})")
-        if found is not None:
-            values[field_name] = found
+    payload = _read_checkpoint(path)
+    cfg = _checkpoint_config(path, payload)
     state = {k.removeprefix("_orig_mod."): v for k, v in payload["model"].items()}
     head = state.pop("lm_head.weight", None)
     if (
@@ -134,7 +137,69 @@ def load_checkpoint(path: Path) -> GPT2:
         raise WeightsError(
             f"{path}: key 'lm_head.weight' differs from 'token_embedding.weight' (lm_head is tied)"
         )
-    return _load_state(GPT2(_model_config(path, values)), state, path)
+    return _load_state(GPT2(cfg), state, path)
+
+
+def _read_checkpoint(path: Path, mmap: bool = False) -> dict:
+    """A rosetrainer checkpoint's payload, checked for its shape:
+    ``{"model": state_dict, "config": dict}``."""
+    try:
+        payload = _torch_load(path, mmap)
+    except _UnsafeOrUnreadable as err:
+        raise WeightsError(
+            f"engine.weights={path}: not a readable weights checkpoint ({err}; {_SAFE_LOAD}; allowed: a .pt "
+            'file of {"model": state_dict, "config": {...}}, or a Hugging Face GPT-2 folder)'
+        ) from None
+    if not isinstance(payload, dict) or "model" not in payload or "config" not in payload:
+        raise WeightsError(f"{path}: expected a dict with keys 'model' (state_dict) and 'config'")
+    if not isinstance(payload["model"], dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in payload["model"].items()
+    ):
+        raise WeightsError(f"{path}: key 'model' must be a state_dict (parameter name -> tensor)")
+    if not isinstance(payload["config"], dict):
+        raise WeightsError(f"{path}: key 'config' must be a dict of model settings")
+    return payload
+
+
+def _checkpoint_config(path: Path, payload: dict) -> ModelConfig:
+    raw = payload["config"]
+    values = {}
+    for field_name, aliases in _CONFIG_ALIASES.items():
+        found = next((raw[a] for a in aliases if a in raw), None)
+        if found is None and field_name != "layer_norm_eps":
+            raise WeightsError(f"{path}: config lacks {field_name!r} (any of {', '.join(aliases)})")
+        if found is not None:
+            values[field_name] = found
+    return _model_config(path, values)
+
+
+_SAFE_LOAD = (
+    "rosebench loads checkpoints with torch.load(weights_only=True), for safety: "
+    "tensors and plain containers only, never code"
+)
+
+
+class _UnsafeOrUnreadable(Exception):
+    """torch.load(weights_only=True) refused a file; the message says why, without torch's advice."""
+
+
+def _torch_load(path: Path, mmap: bool = False) -> object:
+    """``torch.load(path, weights_only=True)``. A file it refuses raises ``_UnsafeOrUnreadable`` with a short
+    reason. Torch's own message is not passed on: it advises retrying with ``weights_only=False``, which
+    runs whatever code the file holds, advice a benchmark must not give about a file it did not make."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as err:  # what weights_only=True raises for anything but tensors
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        reason = (
+            f"it holds a pickled {found.group(1)}, not only tensors" if found else "not a torch save file"
+        )
+        raise _UnsafeOrUnreadable(reason) from None
+    except Exception as err:  # a damaged archive, a truncated file, ...
+        text = _one_line(err)
+        raise _UnsafeOrUnreadable(
+            "not a torch save file" if "weights_only" in text else f"not a torch save file: {text}"
+        ) from None
 
 
 def _read_hf_state(folder: Path) -> tuple[Path, dict[str, torch.Tensor]]:
@@ -144,11 +209,13 @@ def _read_hf_state(folder: Path) -> tuple[Path, dict[str, torch.Tensor]]:
 
         source, read = safetensors_file, lambda: load_file(str(safetensors_file))
     elif bin_file.is_file():
-        source, read = bin_file, lambda: torch.load(bin_file, map_location="cpu", weights_only=True)
+        source, read = bin_file, lambda: _torch_load(bin_file)
     else:
         raise WeightsError(f"{folder}: no model.safetensors or pytorch_model.bin")
     try:
         state = read()
+    except _UnsafeOrUnreadable as err:
+        raise WeightsError(f"{source}: cannot be read as weights ({err}; {_SAFE_LOAD})") from None
     except Exception as err:  # truncated, corrupt or not a weights file at all
         raise WeightsError(f"{source}: cannot be read as weights ({_one_line(err)})") from None
     if not isinstance(state, dict):
