@@ -6,6 +6,7 @@ from rosebench.workload.build import WORKLOAD_KINDS, Workload, build_workload
 from rosebench.workload.errors import WorkloadError
 from rosebench.workload.fixed import FixedWorkload
 from rosebench.workload.jsonl import JsonlWorkload
+from rosebench.workload.prompt import Vocabulary
 from rosebench.workload.random_tokens import RandomWorkload
 from rosebench.workload.request import Request
 from rosebench.workload.shared_prefix import SharedPrefixWorkload
@@ -17,6 +18,7 @@ __all__ = [
     "RandomWorkload",
     "Request",
     "SharedPrefixWorkload",
+    "Vocabulary",
     "Workload",
     "WorkloadError",
     "build_workload",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from rosebench.workload.errors import WorkloadError
@@ -14,6 +15,21 @@ class Prompt:
     token_ids: list[int]
     max_new_tokens: int | None = None  # None: the run's default
     text: str | None = None
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """The token ids the model has, ``[0, size)``: every prompt id must be one of them (an id beyond them
+    has no embedding row). ``source`` names the setting the size comes from, for messages."""
+
+    size: int
+    source: str = "the model"
+
+    def first_outside(self, ids: Iterable[int]) -> int | None:
+        return next((t for t in ids if not 0 <= t < self.size), None)
+
+    def describe(self) -> str:
+        return f"the model's vocabulary: {self.source}, {self.size} ids"
 
 
 def check_kind(kind: str, expected: str) -> None:

@@ -10,12 +10,22 @@ import tiktoken
 
 from rosebench.engine.config import EOS_TOKEN_ID
 from rosebench.workload.errors import WorkloadError
-from rosebench.workload.prompt import Prompt, check_at_least_one, check_kind
+from rosebench.workload.prompt import Prompt, Vocabulary, check_at_least_one, check_kind
 
 
-def random_token_ids(rng: random.Random, length: int) -> list[int]:
-    """``length`` ids uniform in [0, EOS_TOKEN_ID): ordinary tokens only, as in real prompt text."""
-    return rng.choices(range(EOS_TOKEN_ID), k=length)
+def draw_limit(vocab: Vocabulary | None) -> int:
+    """Random prompt ids are drawn from [0, draw_limit): the tokenizer's ordinary tokens (all but
+    ``<|endoftext|>``, as in real prompt text) that the model has (``vocab``; None: all of them).
+
+    The smaller of the two vocabularies, because an id beyond the model's has no embedding, and an id
+    beyond the tokenizer's ordinary ones is never what text encodes to: ``<|endoftext|>``, or the extra
+    rows of a vocabulary padded for speed (50304), which training never saw in an input."""
+    return EOS_TOKEN_ID if vocab is None else min(vocab.size, EOS_TOKEN_ID)
+
+
+def random_token_ids(rng: random.Random, length: int, vocab: Vocabulary | None = None) -> list[int]:
+    """``length`` ids uniform in [0, draw_limit(vocab))."""
+    return rng.choices(range(draw_limit(vocab)), k=length)
 
 
 def length_bounds(length: int, range_ratio: float) -> tuple[int, int]:
@@ -27,7 +37,8 @@ def length_bounds(length: int, range_ratio: float) -> tuple[int, int]:
 @dataclass
 class RandomWorkload:
     """Prompts of random ids, as vLLM's random dataset; each length is uniform within ``length_bounds``
-    of its target, and ``output_len`` (None: the run's ``max_new_tokens``) sets each one's output."""
+    of its target, and ``output_len`` (None: the run's ``max_new_tokens``) sets each one's output. Ids
+    are drawn from ``draw_limit``'s range: within the model's vocabulary and the tokenizer's."""
 
     kind: str = "random"
     input_len: int = 128
@@ -41,7 +52,12 @@ class RandomWorkload:
             raise WorkloadError(f"workload.range_ratio={self.range_ratio}: must be in [0, 1)")
 
     def prompts(
-        self, num_requests: int, tokenizer: tiktoken.Encoding, seed: int, max_new_tokens: int
+        self,
+        num_requests: int,
+        tokenizer: tiktoken.Encoding,
+        seed: int,
+        max_new_tokens: int,
+        vocab: Vocabulary | None = None,
     ) -> list[Prompt]:
         output_len = max_new_tokens if self.output_len is None else self.output_len
         rng = random.Random(seed)
@@ -49,6 +65,6 @@ class RandomWorkload:
         out_bounds = length_bounds(output_len, self.range_ratio)
         prompts = []
         for _ in range(num_requests):
-            ids = random_token_ids(rng, rng.randint(*in_bounds))
+            ids = random_token_ids(rng, rng.randint(*in_bounds), vocab)
             prompts.append(Prompt(token_ids=ids, max_new_tokens=rng.randint(*out_bounds)))
         return prompts
