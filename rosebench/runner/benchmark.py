@@ -84,9 +84,20 @@ class Outcome:
 
 def prepare(config: RunConfig) -> Setup:
     """Everything that can reject the run's config, before any timing starts."""
+    from functools import partial
+
+    from rosebench.engine.tokenizer import detokenize, vocabulary_note
+    from rosebench.engine.weights import model_config
+    from rosebench.workload import Vocabulary
+
     torch.manual_seed(config.seed)
     tokenizer = load_tokenizer()
+    weights = config.engine.weights
+    source = f"engine.model={config.engine.model}" if weights is None else f"engine.weights={weights}"
     try:
+        # The model's vocabulary (read without its weights) bounds the prompt ids: random ones are drawn
+        # within it, given ones are checked against it, before the engine is built.
+        vocab = Vocabulary(model_config(config.engine.model, weights).vocab_size, source)
         requests = build_workload(
             config.workload,
             num_requests=config.num_requests,
@@ -95,6 +106,7 @@ def prepare(config: RunConfig) -> Setup:
             seed=config.seed,
             request_rate=config.scheduler.request_rate,
             burstiness=config.scheduler.burstiness,
+            vocab=vocab,
         )
         engine_config = config.engine
         if engine_config.max_model_len is None and engine_config.weights is None:
@@ -121,7 +133,10 @@ def prepare(config: RunConfig) -> Setup:
             f"engine.dtype=bfloat16: this CPU ({torch.backends.cpu.get_cpu_capability()}) has no AMX or "
             "AVX-512 BF16 units, so bf16 runs slower than float32 here"
         )
-    return Setup(replace(config, engine=engine.config), engine, requests, tokenizer.decode)
+    if note := vocabulary_note(tokenizer, engine.model_config.vocab_size, source):
+        _say(note)
+    # Output ids the tokenizer does not know (a larger model vocabulary) become "<|unknown:ID|>".
+    return Setup(replace(config, engine=engine.config), engine, requests, partial(detokenize, tokenizer))
 
 
 def run_passes(setup: Setup, run_dir: Path) -> Outcome:
