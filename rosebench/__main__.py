@@ -8,7 +8,6 @@ import os
 import signal
 import sys
 import warnings
-from collections.abc import Callable
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,8 +23,9 @@ from rosebench.config import ConfigError, RunConfig, load_config, register_confi
 from rosebench.failed_points import record_failed_point
 from rosebench.files import write_atomic
 from rosebench.overrides import name_part, naming_overrides, swept_keys
-from rosebench.results import ProfileRecord, RunInfo, RunResults
+from rosebench.results import RESULTS_FILE, ProfileRecord, RunInfo, RunResults
 from rosebench.signals import STOP_MARK, stop_signals_as_interrupt
+from rosebench.tracking.run_folder import TRACKING_RECORD, TrackingRecord
 from rosebench.tracking.settings import TrackingSettings, redact, redact_logs, redact_uri
 
 if TYPE_CHECKING:
@@ -90,7 +90,7 @@ def _warn_parallel_launcher() -> None:
 def benchmark(config: RunConfig) -> dict[str, float]:
     # Imported here so that `--help` and config errors stay fast (no torch).
     from rosebench import metrics
-    from rosebench.results import write_outputs
+    from rosebench.results import OUTPUTS_FILE, outputs_text
     from rosebench.runner.benchmark import prepare, run_passes
     from rosebench.runner.console import summary_table
     from rosebench.runner.environment import environment
@@ -120,8 +120,8 @@ def benchmark(config: RunConfig) -> dict[str, float]:
             outcome = run_passes(setup, run_dir)
         except BaseException:
             results.run.status, results.run.ended_at = "FAILED", _now()
-            with contextlib.suppress(OSError):  # a full disk must not hide the run's own error
-                results.write(run_dir)  # keep the config and environment of what was attempted
+            # Keep the config and environment of what was attempted; a full disk must not hide the error.
+            _write_files(run_dir, {RESULTS_FILE: results.to_json()}, results, tracked)
             raise
         _record(results, outcome, run_dir)
         if outcome.passes:  # printed before any file is written: a full disk must not hide the figures
@@ -131,31 +131,26 @@ def benchmark(config: RunConfig) -> dict[str, float]:
         if outcome.profile is not None:
             print(f"profiled pass (untimed, not in the figures above): {run_dir / 'profile'}")
             print(outcome.profile.summary.format())
-        unwritten = []
+        texts = {RESULTS_FILE: results.to_json()}
         if outcome.passes:
-            rows = metrics.request_rows(outcome.passes[-1], setup.detokenize)
-            _try_write(run_dir / "outputs.jsonl", lambda: write_outputs(run_dir, rows), unwritten)
-        _try_write(run_dir / "results.json", lambda: results.write(run_dir), unwritten)
-        if tracked is not None:
-            tracked.results = results  # MLflow gets the figures from memory, whatever reached the disk
-    logged = tracked is not None and tracked.record.logged
+            texts[OUTPUTS_FILE] = outputs_text(metrics.request_rows(outcome.passes[-1], setup.detokenize))
+        unwritten = _write_files(run_dir, texts, results, tracked)
+    record = tracked.record if tracked is not None else None
     if tracked is not None and tracked.unwritten:
-        unwritten.append(tracked.unwritten)
+        unwritten[TRACKING_RECORD] = tracked.unwritten
     if unwritten:
-        kept = "they are in MLflow" if logged else "they were not saved anywhere else"
-        print(f"rosebench: error: could not write {'; '.join(unwritten)}; {kept}", file=sys.stderr)
+        print(f"rosebench: error: {_unwritten_message(run_dir, unwritten, record)}", file=sys.stderr)
     else:
-        print(f"results: {run_dir / 'results.json'}")
-    if logged:
+        print(f"results: {run_dir / RESULTS_FILE}")
+    if record is not None and record.logged:
         from rosebench.tracking.store import ui_hint
 
-        record = tracked.record
         print(f"mlflow: {ui_hint(record.tracking_uri, record.run_id, record.url)}")
     if outcome.interrupted is not None:
         kept = f"{len(outcome.passes)} finished timed pass{'' if len(outcome.passes) == 1 else 'es'}"
         print(
             f"rosebench: interrupted by {outcome.interrupted} during {outcome.interrupted_during}; "
-            f"kept {kept} in {run_dir / 'results.json'} (status KILLED)",
+            f"kept {kept} in {run_dir / RESULTS_FILE} (status KILLED)",
             file=sys.stderr,
         )
         raise SystemExit(128 + outcome.interrupted.signum)
@@ -180,12 +175,36 @@ def _record(results: RunResults, outcome: Outcome, run_dir: Path) -> None:
     run.interrupted_during, run.profile_error = outcome.interrupted_during, outcome.profile_error
 
 
-def _try_write(path: Path, write: Callable[[], object], unwritten: list[str]) -> None:
-    """A full disk or a folder gone read-only costs that one file, named in ``unwritten`` with why."""
-    try:
-        write()
-    except OSError as error:
-        unwritten.append(f"{path} ({error.strerror or error})")
+def _write_files(
+    run_dir: Path, texts: dict[str, str], results: RunResults, tracked: TrackedRun | None
+) -> dict[str, str]:
+    """Write each file of the run folder; a full disk or a folder gone read-only costs that one file, and
+    the MLflow run gets every file from memory whatever reached the disk. Returns {file: why not written}."""
+    unwritten = {}
+    for name, text in texts.items():
+        try:
+            write_atomic(run_dir / name, text)
+        except OSError as error:
+            unwritten[name] = error.strerror or str(error)
+    if tracked is not None:
+        tracked.results, tracked.texts = results, texts
+    return unwritten
+
+
+def _unwritten_message(run_dir: Path, unwritten: dict[str, str], record: TrackingRecord | None) -> str:
+    """Which files the run folder lacks and why, and where each one's content is instead."""
+    failed = "; ".join(f"{run_dir / name} ({why})" for name, why in unwritten.items())
+    contents = [name for name in unwritten if name != TRACKING_RECORD]
+    if not contents:
+        where = ""
+    elif record is not None and record.logged:
+        where = f"; {' and '.join(contents)} are artifacts of MLflow run {record.run_id}"
+    else:
+        why = "tracking is off" if record is None else "MLflow could not take them either"
+        where = f"; {' and '.join(contents)} are lost ({why}); the figures are in the table above"
+    if TRACKING_RECORD in unwritten and record is not None and record.logged:
+        where += f"; {TRACKING_RECORD} would name that run, printed below"
+    return f"could not write {failed}{where}"
 
 
 def _scrub_hydra_files(run_dir: Path) -> None:

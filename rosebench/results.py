@@ -112,9 +112,13 @@ class RunResults:
             format_version=data.get("format_version", 1),
         )
 
+    def to_json(self) -> str:
+        """The text of ``results.json``: what is written to the run folder and logged to MLflow."""
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
     def write(self, run_dir: Path) -> Path:
         """Write ``results.json`` atomically: a reader never sees a half-written file."""
-        return write_atomic(run_dir / RESULTS_FILE, json.dumps(self.to_dict(), indent=2) + "\n")
+        return write_atomic(run_dir / RESULTS_FILE, self.to_json())
 
     @classmethod
     def read(cls, run_dir: Path) -> RunResults:
@@ -132,8 +136,9 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def write_outputs(run_dir: Path, rows: list[dict[str, Any]]) -> Path:
-    """``outputs.jsonl``: one line per request of the last timed pass."""
-    return write_atomic(
-        run_dir / "outputs.jsonl", "".join(json.dumps(_json_safe(row)) + "\n" for row in rows)
-    )
+OUTPUTS_FILE = "outputs.jsonl"
+
+
+def outputs_text(rows: list[dict[str, Any]]) -> str:
+    """The text of ``outputs.jsonl``: one line per request of the last timed pass."""
+    return "".join(json.dumps(_json_safe(row)) + "\n" for row in rows)

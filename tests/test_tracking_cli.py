@@ -409,14 +409,26 @@ def test_full_disk_at_the_end_loses_no_figure(tmp_path: Path, small_disk: Path) 
     assert proc.returncode == 1, stderr[-3000:]
     assert "Traceback" not in stderr, stderr[-3000:]
     [message] = [line for line in stderr.splitlines() if line.startswith("rosebench: error:")]
-    assert f"could not write {run_dir / 'outputs.jsonl'} (No space left on device)" in message
-    assert f"{run_dir / 'results.json'} (No space left on device)" in message
-    assert message.endswith(f"{run_dir / 'tracking.json'} (No space left on device); they are in MLflow")
+    [run] = experiment_runs(client)
+    full = "(No space left on device)"
+    assert message == (
+        f"rosebench: error: could not write {run_dir / 'results.json'} {full}; "
+        f"{run_dir / 'outputs.jsonl'} {full}; {run_dir / 'tracking.json'} {full}; "
+        f"results.json and outputs.jsonl are artifacts of MLflow run {run.info.run_id}; "
+        "tracking.json would name that run, printed below"
+    )
+    assert f"mlflow: MLflow run {run.info.run_id}" in stdout
     assert "completion throughput (tok/s)" in stdout  # printed before any write was tried
     assert not (run_dir / "results.json").exists() and not list(run_dir.glob(".*.tmp"))
 
-    [run] = experiment_runs(client)
     assert run.info.status == "FINISHED" and logged_figure(client, run, "requests") == 4
+    # What the folder could not take is in MLflow, whole: the figures of every pass and each request.
+    downloaded = Path(client.download_artifacts(run.info.run_id, "results.json", str(tmp_path / "dl")))
+    logged_results = json.loads(downloaded.read_text())
+    assert logged_results["run"]["status"] == "FINISHED" and len(logged_results["passes"]) == 3
+    assert logged_results["metrics"]["requests"] == 4
+    outputs = Path(client.download_artifacts(run.info.run_id, "outputs.jsonl", str(tmp_path / "dl")))
+    assert [json.loads(line)["request_id"] for line in outputs.read_text().splitlines()] == [0, 1, 2, 3]
     printed = next(line for line in stdout.splitlines() if line.startswith("completion throughput"))
     # Printed with one decimal (off by 0.05 at most), logged with 4 significant digits (5e-4 relative):
     # at 23.87 tok/s the table shows 23.9, a relative 1e-3 would not hold.
@@ -432,6 +444,28 @@ def test_full_disk_at_the_end_loses_no_figure(tmp_path: Path, small_disk: Path) 
     assert "results.json: missing" in warning and "logging the config and files only" in warning
     [uploaded] = experiment_runs(MlflowClient(other))
     assert uploaded.info.status == "FAILED" and uploaded.data.params["num_requests"] == "4"
+
+
+def test_full_disk_with_tracking_off_says_what_is_lost(tmp_path: Path, small_disk: Path) -> None:
+    run_dir = small_disk / "run"
+    proc = start_cli(
+        tmp_path, *TINY, "num_requests=2", "repeat=2", "tracking=off", f"hydra.run.dir={run_dir}"
+    )
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if line.startswith("rosebench: pass 1/2:"):
+            fill(small_disk)
+            break
+    stdout, rest = proc.communicate(timeout=300)
+    stderr = "".join(seen) + rest
+    assert proc.returncode == 1 and "Traceback" not in stderr, stderr[-3000:]
+    [message] = [line for line in stderr.splitlines() if line.startswith("rosebench: error:")]
+    assert message.endswith(
+        "(No space left on device); results.json and outputs.jsonl are lost (tracking is off); "
+        "the figures are in the table above"
+    ), message
+    assert "completion throughput (tok/s)" in stdout
 
 
 def test_upload_of_a_truncated_results_file_says_so_in_one_line(tmp_path: Path) -> None:

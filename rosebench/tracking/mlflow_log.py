@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID
 from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH, MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
 
-from rosebench.results import HEADLINE_METRICS, RESULTS_FILE, RunResults
+from rosebench.results import HEADLINE_METRICS, OUTPUTS_FILE, RESULTS_FILE, RunResults
 from rosebench.tracking.run_folder import config_params, flatten, read_run
 from rosebench.tracking.settings import TrackingSettings
 from rosebench.tracking.store import connect, get_or_create_experiment, resolve_tracking_uri
@@ -129,9 +130,11 @@ def _cpu_capability(env: dict) -> str | None:
     return " ".join([env["cpu_capability"], *env.get("cpu_bf16_matrix_units", [])])
 
 
-def _log_artifacts(client: MlflowClient, run_id: str, run_dir: Path) -> None:
-    for name in (RESULTS_FILE, "outputs.jsonl"):
-        if (run_dir / name).is_file():
+def _log_artifacts(client: MlflowClient, run_id: str, run_dir: Path, texts: Mapping[str, str]) -> None:
+    for name in (RESULTS_FILE, OUTPUTS_FILE):
+        if name in texts:  # the runner's own text, whether or not the folder could take it
+            client.log_text(run_id, texts[name], name)
+        elif (run_dir / name).is_file():
             client.log_artifact(run_id, str(run_dir / name))
     for job_log in sorted(run_dir.glob("*.log")):
         if job_log.stat().st_size:  # Hydra's job log is empty unless something was logged
@@ -141,7 +144,14 @@ def _log_artifacts(client: MlflowClient, run_id: str, run_dir: Path) -> None:
             client.log_artifacts(run_id, str(run_dir / folder), artifact_path=folder)
 
 
-def _log_into(client: MlflowClient, run_id: str, run_dir: Path, results: RunResults, artifacts: bool) -> None:
+def _log_into(
+    client: MlflowClient,
+    run_id: str,
+    run_dir: Path,
+    results: RunResults,
+    artifacts: bool,
+    texts: Mapping[str, str],
+) -> None:
     # One batch for params, metrics and tags: through a server every call costs a round trip.
     client.log_batch(
         run_id,
@@ -152,7 +162,7 @@ def _log_into(client: MlflowClient, run_id: str, run_dir: Path, results: RunResu
     if artifacts:
         if results.metrics:
             client.log_table(run_id, data=figures_table(results), artifact_file=FIGURES_TABLE)
-        _log_artifacts(client, run_id, run_dir)
+        _log_artifacts(client, run_id, run_dir, texts)
 
 
 def _epoch_ms(iso: str | None) -> int | None:
@@ -167,20 +177,22 @@ def log_run_folder(
     *,
     run_id: str | None = None,
     results: RunResults | None = None,
+    texts: Mapping[str, str] | None = None,
 ) -> str:
     """Log everything in `run_dir` and return the run id.
 
     Without `run_id` a new run is created (a child of `parent_run_id` if given) with the folder's
     name, times and end status. With `run_id`, the folder is logged into that live run, whose owner ends it.
     Params, metrics and tags come from `results` when given (the runner's, in memory: a full disk may have
-    kept results.json from being written), else from the folder's results.json; artifacts from the folder.
+    kept results.json from being written), else from the folder's results.json; artifacts from the folder,
+    except the files given in `texts` (name -> content, the runner's), which are logged from memory.
     """
     run_dir = Path(run_dir)
     uri = resolve_tracking_uri(settings.uri)
     client = connect(uri)
     results = results or read_run(run_dir)
     if run_id is not None:
-        _log_into(client, run_id, run_dir, results, settings.artifacts)
+        _log_into(client, run_id, run_dir, results, settings.artifacts, texts or {})
         return run_id
     run = client.create_run(
         experiment_id or get_or_create_experiment(client, settings.experiment, uri),
@@ -190,7 +202,7 @@ def log_run_folder(
     )
     new_id = run.info.run_id
     try:
-        _log_into(client, new_id, run_dir, results, settings.artifacts)
+        _log_into(client, new_id, run_dir, results, settings.artifacts, texts or {})
     except BaseException:
         client.set_terminated(new_id, "FAILED")  # not left RUNNING; the upload can be retried with --force
         raise

@@ -48,8 +48,10 @@ class TrackedRun:
         self.sweep_dir = Path(sweep_dir) if sweep_dir is not None else None
         self.record = TrackingRecord()  # what tracking.json says: the URI without its password
         self._uri: str | None = None  # the URI connected to
-        self.results: RunResults | None = None  # set by the runner: logged from memory, not from the folder
-        self.unwritten: str | None = None  # tracking.json, when the folder could not take it
+        # Set by the runner: logged from memory, not from the folder (a full disk may have kept them out).
+        self.results: RunResults | None = None
+        self.texts: dict[str, str] = {}  # results.json, outputs.jsonl: file name -> content
+        self.unwritten: str | None = None  # why tracking.json could not be written, if it could not
 
     def __enter__(self) -> TrackedRun:
         self.start()
@@ -109,14 +111,18 @@ class TrackedRun:
                 if self.run_dir.is_dir():
                     self.record.write(self.run_dir)
             except OSError as error:  # never mask the benchmark's own error with ours; the caller says it
-                self.unwritten = f"{self.run_dir / 'tracking.json'} ({error.strerror or error})"
+                self.unwritten = error.strerror or str(error)
         return self.record
 
     def _log_and_end(self, run_id: str, status: str | None) -> None:
         try:
             results = self.results or read_run(self.run_dir)
             log_run_folder(
-                self.run_dir, replace(self.settings, uri=self._uri), run_id=run_id, results=results
+                self.run_dir,
+                replace(self.settings, uri=self._uri),
+                run_id=run_id,
+                results=results,
+                texts=self.texts,
             )
             mlflow.end_run(status or results.status)
         except KeyboardInterrupt:
