@@ -95,16 +95,53 @@ def test_cycles_combine_as_if_laid_end_to_end():
         assert getattr(two, key) == pytest.approx(getattr(one, key))
 
 
-def test_cpu_only_trace_has_null_device_figures_and_no_trace_gives_zero_steps():
+def test_cpu_only_trace_has_null_device_figures_and_no_trace_has_no_figures():
     cpu_only = {"traceEvents": [e for e in _gpu_trace()["traceEvents"] if e.get("pid") != 0]}
     s = summarize_trace(cpu_only)
     assert s.kernels_per_decode_step is None
     assert s.device_busy_ms is None and s.device_idle_fraction is None
     assert s.cpu_ops_per_decode_step == pytest.approx(2.5)
 
-    empty = summarize_traces([])
-    assert empty.steps == 0 and empty.window_ms == 0 and empty.labels == {}
-    assert empty.cpu_ops_per_decode_step == 0
+    # Nothing recorded: no window, nothing per decode step; the counts of what was recorded are 0.
+    for empty in (summarize_traces([]), summarize_trace({"traceEvents": []})):
+        assert (empty.steps, empty.decode_steps, empty.labels) == (0, 0, {})
+        assert empty.window_ms is None and empty.cpu_ops_per_decode_step is None
+        assert empty.metrics() == {"steps": 0.0, "decode_steps": 0.0}
+        assert empty.format() == (
+            "profile: 0 steps in - ms, 0 decode steps, cpu ops/decode step -, kernels/decode step -, "
+            "device busy - ms, device idle -"
+        )
+        assert TraceSummary.from_dict(json.loads(json.dumps(empty.to_dict()))) == empty
+
+
+def test_a_window_without_decode_steps_has_no_per_decode_step_figures():
+    """The prefill step alone, with its kernel: window, labels and device figures; nothing per decode step."""
+    prefill = [e for e in _gpu_trace()["traceEvents"] if e.get("ts", 0) < 100 and e.get("cat") != "ac2g"]
+    s = summarize_trace({"traceEvents": prefill})
+    assert s.steps == 1 and s.decode_steps == 0 and s.window_ms == pytest.approx(0.1)
+    assert s.cpu_ops_per_decode_step is None and s.kernels_per_decode_step is None
+    assert s.device_busy_ms == pytest.approx(0.03) and s.device_idle_fraction == pytest.approx(0.7)
+    assert s.labels["rosebench.engine.prefill"].share == pytest.approx(0.8)
+    assert "cpu_ops_per_decode_step" not in s.metrics() and "kernels_per_decode_step" not in s.metrics()
+    assert "cpu ops/decode step -, kernels/decode step -," in s.format()
+
+
+def test_summaries_written_with_zeros_for_unmeasured_figures_read_as_none():
+    """summary.json and results.json from before: 0.0 for a window that recorded nothing and per decode step
+    with no decode step."""
+    nothing = {"window_ms": 0.0, "steps": 0, "decode_steps": 0, "labels": {}, "cpu_ops_per_decode_step": 0.0}
+    nothing |= {"kernels_per_decode_step": None, "device_busy_ms": None, "device_idle_fraction": None}
+    s = TraceSummary.from_dict(nothing)
+    assert s == summarize_traces([])
+    assert s.metrics() == {"steps": 0.0, "decode_steps": 0.0}
+
+    prefill_only = nothing | {"window_ms": 2.0, "steps": 1, "kernels_per_decode_step": 0.0}
+    prefill_only["labels"] = {"rosebench.engine.prefill": {"count": 1, "total_ms": 1.5, "share": 0.75}}
+    prefill_only |= {"device_busy_ms": 0.5, "device_idle_fraction": 0.75}
+    s = TraceSummary.from_dict(prefill_only)
+    assert s.window_ms == 2.0 and s.labels["rosebench.engine.prefill"].share == 0.75
+    assert s.cpu_ops_per_decode_step is None and s.kernels_per_decode_step is None
+    assert s.device_idle_fraction == 0.75
 
 
 def test_metrics_and_console_table():

@@ -37,6 +37,7 @@ from typing import Any
 from rosebench.files import write_atomic
 
 LABEL_PREFIX = "rosebench."
+UNMEASURED = "-"  # printed for a figure with no samples, as the runner's summary table does
 DECODE_LABEL = "rosebench.engine.decode"
 STEP_PREFIX = "ProfilerStep#"
 DEVICE_CATEGORIES = frozenset({"kernel", "gpu_memcpy", "gpu_memset"})
@@ -60,19 +61,22 @@ def load_trace(trace: Trace) -> dict[str, Any]:
 class LabelStats:
     count: int
     total_ms: float
-    share: float  # of the profiled window; nested labels overlap, so shares need not sum to 1
+    # Of the profiled window (None without one); nested labels overlap, so shares need not sum to 1.
+    share: float | None
 
 
 @dataclass
 class TraceSummary:
-    """Where a profiled window's time went. The device figures are None unless the traces hold device
-    events; no traces (the profiler never reached an active step) give a summary of zero steps."""
+    """Where a profiled window's time went. A figure with no samples is None, never 0: the window's figures
+    when nothing was recorded (the profiler never reached an active step), the per-decode-step figures
+    when the window holds no decode step, the device figures unless the traces hold device events.
+    ``steps`` and ``decode_steps`` count what was recorded, so they are 0 then."""
 
-    window_ms: float
+    window_ms: float | None
     steps: int
     decode_steps: int
     labels: dict[str, LabelStats]
-    cpu_ops_per_decode_step: float
+    cpu_ops_per_decode_step: float | None
     kernels_per_decode_step: float | None = None
     device_busy_ms: float | None = None
     device_idle_fraction: float | None = None
@@ -82,6 +86,11 @@ class TraceSummary:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TraceSummary:
+        """Also reads summaries written before unmeasured figures were None: their 0.0 for a window that
+        recorded nothing, or per decode step with no decode step, read as None."""
+        data = {**data, "window_ms": data.get("window_ms") or None}
+        if not data.get("decode_steps"):
+            data |= {"cpu_ops_per_decode_step": None, "kernels_per_decode_step": None}
         labels = {name: LabelStats(**stats) for name, stats in data["labels"].items()}
         return cls(**{**data, "labels": labels})
 
@@ -94,18 +103,20 @@ class TraceSummary:
         for label, stats in self.labels.items():
             name = re.sub(r"\W", "_", label.removeprefix(LABEL_PREFIX))
             metrics[f"label_{name}_ms"] = float(stats.total_ms)
-            metrics[f"label_{name}_share"] = float(stats.share)
+            if stats.share is not None:
+                metrics[f"label_{name}_share"] = float(stats.share)
         return metrics
 
     def format(self) -> str:
         """A compact console table: the headline figures, then one row per label, longest total first."""
 
         def fmt(value: float | None, spec: str) -> str:
-            return "-" if value is None else format(value, spec)
+            return UNMEASURED if value is None else format(value, spec)
 
         lines = [
-            f"profile: {self.steps} steps in {self.window_ms:.3f} ms, {self.decode_steps} decode steps, "
-            f"cpu ops/decode step {self.cpu_ops_per_decode_step:.1f}, "
+            f"profile: {self.steps} steps in {fmt(self.window_ms, '.3f')} ms, "
+            f"{self.decode_steps} decode steps, "
+            f"cpu ops/decode step {fmt(self.cpu_ops_per_decode_step, '.1f')}, "
             f"kernels/decode step {fmt(self.kernels_per_decode_step, '.1f')}, "
             f"device busy {fmt(self.device_busy_ms, '.3f')} ms, "
             f"device idle {fmt(self.device_idle_fraction, '.1%')}"
@@ -115,7 +126,8 @@ class TraceSummary:
             width = max(len("label"), *(len(label) for label, _ in rows))
             lines.append(f"{'label':<{width}}  {'count':>7}  {'total ms':>10}  {'share':>7}")
             lines += [
-                f"{label:<{width}}  {s.count:>7}  {s.total_ms:>10.3f}  {s.share:>7.1%}" for label, s in rows
+                f"{label:<{width}}  {s.count:>7}  {s.total_ms:>10.3f}  {fmt(s.share, '.1%'):>7}"
+                for label, s in rows
             ]
         return "\n".join(lines)
 
@@ -172,25 +184,31 @@ class _Tally:
             self.labels[label][1] += total_us
 
     def summary(self) -> TraceSummary:
-        window = self.window_us
+        """Ratios with nothing to divide by are None: no window (nothing recorded), no decode step."""
+        window = self.window_us or None
         has_device = self.device_events > 0
         return TraceSummary(
-            window_ms=window / 1e3,
+            window_ms=_ratio(window, 1e3),
             steps=self.steps,
             decode_steps=self.decode_steps,
             labels={
-                label: LabelStats(int(count), total_us / 1e3, total_us / window if window else 0.0)
+                label: LabelStats(int(count), total_us / 1e3, _ratio(total_us, window))
                 for label, (count, total_us) in sorted(self.labels.items())
             },
             cpu_ops_per_decode_step=_ratio(self.decode_cpu_ops, self.decode_steps),
             kernels_per_decode_step=_ratio(self.decode_kernels, self.decode_steps) if has_device else None,
             device_busy_ms=self.device_busy_us / 1e3 if has_device else None,
-            device_idle_fraction=1.0 - self.device_busy_us / window if has_device and window else None,
+            device_idle_fraction=_complement(_ratio(self.device_busy_us, window)) if has_device else None,
         )
 
 
-def _ratio(num: float, den: float) -> float:
-    return num / den if den else 0.0
+def _ratio(num: float | None, den: float | None) -> float | None:
+    """``num / den``, or None (unmeasured, never 0) when either is missing or the denominator is 0."""
+    return num / den if num is not None and den else None
+
+
+def _complement(fraction: float | None) -> float | None:
+    return None if fraction is None else 1.0 - fraction
 
 
 def _tally(events: Iterable[dict[str, Any]]) -> _Tally:
