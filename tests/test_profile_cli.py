@@ -1,5 +1,6 @@
 """The profiled pass as a user meets it: the real ``python -m rosebench`` in a subprocess. A profile figure
-with no samples is absent (printed ``-``, left out of results.json and MLflow), never 0."""
+with no samples is absent (printed ``-``, left out of results.json and MLflow), never 0; stderr holds only
+rosebench's lines, none of libkineto's."""
 
 from __future__ import annotations
 
@@ -97,3 +98,23 @@ def test_results_written_with_zero_figures_read_and_upload_without_them(tmp_path
     table = json.loads(Path(client.download_artifacts(run.info.run_id, "figures.json")).read_text())
     profile_rows = {row[0]: row[1] for row in table["data"] if row[0].startswith(PROFILE_PREFIX)}
     assert profile_rows == {"profile/steps": 0.0, "profile/decode_steps": 0.0}
+
+
+KINETO_NOISE = ("gpuGetDeviceCount", "USDT", "SyncActivityProfilerHandler", "DeviceProperties.cpp")
+
+
+def test_a_profiled_cpu_run_prints_only_rosebench_lines_on_stderr(tmp_path: Path) -> None:
+    # Two cycles with a warm-up step each: the trace starts and stops twice, and is exported twice.
+    proc = run_cli(
+        tmp_path, *FAST, "num_requests=2", "max_new_tokens=10", "profile.enabled=true", "profile.wait=1",
+        "profile.warmup=1", "profile.active=2", "profile.repeat=2", "hydra.run.dir=run",
+    )  # fmt: skip
+    assert_ok(proc)
+    for noise in KINETO_NOISE:
+        assert noise not in proc.stderr, describe(proc)
+    assert not [line for line in proc.stderr.splitlines() if line.startswith("ERROR:")], describe(proc)
+    assert [line for line in proc.stderr.splitlines() if not line.startswith("rosebench")] == [], proc.stderr
+    # The profile is still whole: two cycles, each with its own trace.
+    profile = read_results(tmp_path / "run")["profile"]
+    assert profile["traces"] == ["profile/trace_0.json.gz", "profile/trace_1.json.gz"]
+    assert profile["summary"]["steps"] == 4 and profile["summary"]["decode_steps"] == 4

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -210,6 +211,30 @@ def test_repeat_writes_one_trace_per_cycle(tmp_path: Path) -> None:
     per_cycle = [label_counts(summarize_trace(path)) for path in result.traces]
     assert per_cycle == [expected_counts(steps[2:4]), expected_counts(steps[6:8])]
     assert label_counts(result.summary) == expected_counts(steps[2:4] + steps[6:8])
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        pytest.param({}, id="default"),
+        pytest.param({"active": 1, "repeat": 0}, id="every-step-its-own-cycle"),
+        pytest.param({"wait": 1, "warmup": 1, "active": 1, "repeat": 2}, id="wait-warmup-repeat"),
+        pytest.param({"skip_first": 2, "active": 2}, id="skip-first"),
+        pytest.param({"warmup": 1, "active": 9}, id="stopped-by-the-pass-end"),
+    ],
+)
+def test_kineto_marks_no_start_or_stop_of_a_trace_on_stderr(
+    schedule: dict, tmp_path: Path, capfd: pytest.CaptureFixture
+) -> None:
+    """libkineto logs ``profiler_start``/``profiler_stop`` to fd 2 wherever a trace starts or stops: on
+    entering, at a step, or on leaving the session. Every such call is filtered, whatever the schedule."""
+    capfd.readouterr()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ProfileScheduleWarning)
+        outcome, _ = profiled_run(tmp_path, ProfileSettings(enabled=True, **schedule))
+    err = capfd.readouterr().err
+    assert "profiler_start" not in err and "profiler_stop" not in err and "USDT" not in err, err
+    assert outcome.profile.traces and outcome.profile.summary.steps > 0
 
 
 def test_profiling_off_runs_the_pass_with_no_profiler(tmp_path: Path) -> None:

@@ -1,15 +1,19 @@
-"""Profiling: the trace summary of hand-written traces against hand-computed numbers, and the settings.
-Real profiles of the engine are in test_profile_engine.py."""
+"""Profiling: the trace summary of hand-written traces against hand-computed numbers, the settings, and the
+filter of kineto's lines on stderr. Real profiles of the engine are in test_profile_engine.py."""
 
 from __future__ import annotations
 
 import json
+import os
+import sys
+import warnings
 from collections.abc import Callable
 
 import pytest
 import torch
 
 from rosebench.profiling import ProfileSettings, TraceSummary, summarize_trace, summarize_traces
+from rosebench.profiling.kineto_log import CLEARS_EVENTS, QuietKineto
 from rosebench.profiling.session import profiler_activities
 
 HOST = {"pid": 1, "tid": 1}
@@ -351,3 +355,50 @@ def test_settings_validation_and_activities():
     with pytest.raises(ValueError, match=r"profile.activities=cpu,tpu: unknown \['tpu'\]"):
         ProfileSettings(activities="cpu,tpu")
     assert ProfileSettings(activities="cpu, cuda").activity_names() == ["cpu", "cuda"]
+
+
+KINETO_ROUTINE = (
+    b"USDT:2026-12-06 11:23:33 4444:4444 SyncActivityProfilerHandler.cpp:39] profiler_start\n"
+    b"USDT:2026-12-06 11:23:33 4444:4444 SyncActivityProfilerHandler.cpp:46] profiler_stop\n"
+)
+NO_GPU = (
+    b"ERROR:2026-12-06 11:23:33 4444:4444 DeviceProperties.cpp:56] gpuGetDeviceCount failed with code 35\n"
+)
+REAL_ERROR = b"ERROR:2026-12-06 11:23:33 4444:4444 CuptiActivityApi.cpp:300] CUPTI_ERROR_NOT_INITIALIZED\n"
+
+
+@pytest.mark.parametrize("cuda_profiled", [False, True])
+def test_kineto_routine_lines_are_dropped_and_every_other_line_kept(cuda_profiled, capfd):
+    """What reaches fd 2 inside ``quiet()``, from C or Python's own stderr, comes out in order, less
+    kineto's start/stop markers and, with no CUDA activity profiled, its failed GPU count."""
+    other = b"USDT: a line of another shape] profiler_started\nno newline"
+    capfd.readouterr()
+    with QuietKineto(cuda_profiled=cuda_profiled) as kineto, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for call in range(2):
+            print(f"before {call}", file=sys.__stderr__)  # buffered: flushed before fd 2 moves
+            with kineto.quiet():
+                os.write(2, KINETO_ROUTINE[:40])  # a line written in pieces is still one line
+                os.write(2, KINETO_ROUTINE[40:] + NO_GPU + REAL_ERROR)
+                print(f"python {call}", file=sys.__stderr__)
+                os.write(2, other)
+                warnings.warn(
+                    CLEARS_EVENTS + ". Only events from the current cycle will be reported.", stacklevel=1
+                )
+            os.write(2, b"\n")
+    kept = (NO_GPU if cuda_profiled else b"") + REAL_ERROR
+    expected = b"".join(b"before %d\n" % c + kept + b"python %d\n" % c + other + b"\n" for c in range(2))
+    assert capfd.readouterr().err == expected.decode()
+    assert caught == []
+
+
+def test_kineto_filter_writes_back_what_it_captured_when_the_call_raises(capfd):
+    capfd.readouterr()
+    with QuietKineto(cuda_profiled=False) as kineto:
+        with pytest.raises(RuntimeError, match="inside"), kineto.quiet():
+            os.write(2, KINETO_ROUTINE + REAL_ERROR)
+            raise RuntimeError("inside")
+        os.write(2, b"after\n")
+    assert capfd.readouterr().err == (REAL_ERROR + b"after\n").decode()
+    with pytest.raises(RuntimeError, match="outside its with-block"), kineto.quiet():
+        pass

@@ -7,11 +7,13 @@ Usage (the scheduler calls ``session.step()`` after each of its steps, prefill a
     result = session.result  # None when profiling is off
 
 Files written to ``out_dir``: ``trace_{cycle}.json.gz`` (one per completed or interrupted active phase),
-``key_averages.txt`` and ``summary.json``.
+``key_averages.txt`` and ``summary.json``. libkineto's routine lines on stderr where a trace starts or stops
+are filtered out (``kineto_log``); anything else it writes passes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,12 +21,14 @@ from types import TracebackType
 
 import torch
 from torch.autograd.profiler_util import EventList
-from torch.profiler import ProfilerActivity
+from torch.profiler import ProfilerAction, ProfilerActivity
 
+from rosebench.profiling.kineto_log import QuietKineto
 from rosebench.profiling.settings import ProfileSettings
 from rosebench.profiling.summary import TraceSummary, summarize_traces
 
 _ACTIVITIES = {"cpu": ProfilerActivity.CPU, "cuda": ProfilerActivity.CUDA}
+_RECORDING = frozenset({ProfilerAction.RECORD, ProfilerAction.RECORD_AND_SAVE})
 
 
 class ProfileScheduleWarning(UserWarning):
@@ -65,6 +69,8 @@ class ProfileSession:
         self._traces: list[Path] = []
         self._key_averages: list[EventList] = []
         self._prof: torch.profiler.profile | None = None
+        self._kineto: QuietKineto | None = None
+        self._cleanup = contextlib.ExitStack()
 
     def __enter__(self) -> ProfileSession:
         s = self.settings
@@ -72,33 +78,49 @@ class ProfileSession:
         with warnings.catch_warnings():
             # warmup=0 is deliberate here (see ProfileSettings); torch warns about it regardless.
             warnings.filterwarnings("ignore", message="Profiler won't be using warmup")
-            schedule = torch.profiler.schedule(
+            self._schedule = torch.profiler.schedule(
                 wait=s.wait, warmup=s.warmup, active=s.active, repeat=s.repeat, skip_first=s.skip_first
             )
         self._prof = torch.profiler.profile(
             activities=self.activities,
-            schedule=schedule,
+            schedule=self._schedule,
             on_trace_ready=self._export_cycle,
             record_shapes=s.record_shapes,
             profile_memory=s.profile_memory,
             with_stack=s.with_stack,
         )
-        self._prof.__enter__()
+        cuda = ProfilerActivity.CUDA in self.activities
+        with contextlib.ExitStack() as stack:
+            self._kineto = stack.enter_context(QuietKineto(cuda_profiled=cuda))
+            with self._kineto.quiet():
+                self._prof.__enter__()
+            self._cleanup = stack.pop_all()
         return self
 
     def step(self) -> None:
         """Call once per scheduler step (prefill and decode steps alike)."""
         if self._prof is None:
             raise RuntimeError("ProfileSession.step() called outside its with-block")
-        self._prof.step()
+        if self._starts_or_stops_a_trace():
+            with self._kineto.quiet():
+                self._prof.step()
+        else:
+            self._prof.step()
         self.steps += 1
+
+    def _starts_or_stops_a_trace(self) -> bool:
+        """Whether the coming ``step()`` moves the profiler into or out of a trace (or ends a cycle), where
+        kineto logs. ``self.steps`` is the profiler's own step number."""
+        now, after = self._schedule(self.steps), self._schedule(self.steps + 1)
+        return now == ProfilerAction.RECORD_AND_SAVE or (now != after and not {now, after} <= _RECORDING)
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         prof, self._prof = self._prof, None
-        # Stopping mid-active fires on_trace_ready once more, so a short pass still exports what it recorded.
-        prof.__exit__(exc_type, exc, tb)
+        # Stopping mid-active fires on_trace_ready once more: a short pass still exports what it recorded.
+        with self._cleanup, self._kineto.quiet():
+            prof.__exit__(exc_type, exc, tb)
         if exc_type is None:  # after a failure, leave the original error alone
             self.result = self._finish()
 
