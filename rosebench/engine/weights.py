@@ -174,8 +174,7 @@ def _checkpoint_config(path: Path, payload: dict) -> ModelConfig:
 
 
 _SAFE_LOAD = (
-    "rosebench loads checkpoints with torch.load(weights_only=True), for safety: "
-    "tensors and plain containers only, never code"
+    "rosebench loads checkpoints with torch.load(weights_only=True) for safety, so a file's code never runs"
 )
 
 
@@ -192,7 +191,9 @@ def _torch_load(path: Path, mmap: bool = False) -> object:
     except pickle.UnpicklingError as err:  # what weights_only=True raises for anything but tensors
         found = re.search(r"GLOBAL ([\w.]+)", str(err))
         reason = (
-            f"it holds a pickled {found.group(1)}, not only tensors" if found else "not a torch save file"
+            f"it pickles {found.group(1)}, where only tensors and plain containers are allowed"
+            if found
+            else "not a torch save file"
         )
         raise _UnsafeOrUnreadable(reason) from None
     except Exception as err:  # a damaged archive, a truncated file, ...
