@@ -3,7 +3,15 @@ import tiktoken_ext.openai_public
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rosebench.engine.tokenizer import _R50K_PAT_STR, EOS_TOKEN_ID, StreamDetokenizer, load_tokenizer
+from rosebench.engine.tokenizer import (
+    _R50K_PAT_STR,
+    EOS_TOKEN_ID,
+    StreamDetokenizer,
+    detokenize,
+    load_tokenizer,
+    unknown_token_text,
+    vocabulary_note,
+)
 
 MULTIBYTE = "héllo 世界 🌹"
 
@@ -78,3 +86,37 @@ def test_stream_round_trips_any_text(text):
 def test_unknown_encoding_is_a_clear_value_error():
     with pytest.raises(ValueError, match=r"'no_such_encoding'.*only 'gpt2' is available offline"):
         load_tokenizer("no_such_encoding")
+
+
+# ids the tokenizer does not know: a model with a larger vocabulary emits them
+
+
+def test_unknown_id_detokenizes_to_a_visible_placeholder():
+    enc = load_tokenizer()
+    ids = [15496, 58559, 995, EOS_TOKEN_ID + 1]
+    assert unknown_token_text(58559) == "<|unknown:58559|>"
+    assert detokenize(enc, ids) == "Hello<|unknown:58559|> world<|unknown:50257|>"
+    assert "".join(stream(enc, ids)) == detokenize(enc, ids)
+    assert detokenize(enc, enc.encode(MULTIBYTE)) == MULTIBYTE  # known ids: exactly enc.decode
+
+
+def test_unknown_id_ends_a_pending_character():
+    enc = load_tokenizer()
+    ids = [*enc.encode("🌹")[:1], 60000, *enc.encode("a")]
+    assert stream(enc, ids) == ["", "\ufffd<|unknown:60000|>", "a", ""]
+    assert detokenize(enc, ids) == "\ufffd<|unknown:60000|>a"
+
+
+@given(st.lists(st.integers(0, 60000), max_size=40))
+def test_stream_matches_detokenize_for_any_model_ids(ids):
+    enc = load_tokenizer()
+    assert "".join(stream(enc, ids)) == detokenize(enc, ids)
+
+
+def test_vocabulary_note_says_what_a_differing_vocabulary_does():
+    enc = load_tokenizer()
+    assert vocabulary_note(enc, 50257, "engine.model=gpt2") is None
+    larger = vocabulary_note(enc, 60000, "engine.weights=big")
+    assert larger.startswith("engine.weights=big: ") and "60000" in larger and "<|unknown:ID|>" in larger
+    smaller = vocabulary_note(enc, 1000, "engine.weights=small")
+    assert "1000" in smaller and "<|endoftext|>" in smaller and "max_new_tokens" in smaller

@@ -12,8 +12,9 @@ import torch
 from safetensors.torch import save_file
 
 from rosebench.engine import Engine, EngineConfig, KVCacheConfig, SamplingParams, Sequence, WeightsError
+from rosebench.engine.config import MODEL_PRESETS
 from rosebench.engine.engine import resolve_device
-from rosebench.engine.weights import build_model
+from rosebench.engine.weights import build_model, model_config
 
 PROMPT = [15496, 11, 616, 1438, 318, 257]
 NEW_TOKENS = 8
@@ -297,6 +298,64 @@ def test_checkpoint_not_a_torch_file(tmp_path):
     with pytest.raises(WeightsError) as info:
         build_model("gpt2", str(path), 0)
     assert str(path) in str(info.value)
+
+
+class _Payload:
+    """Unpickled by an unsafe loader, this creates the file ``marker``: proof that the loader never tries."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+_TORCH_ADVICE = ("weights_only` set to `False`", "weights_only=False", "can still be loaded", "trust", "\x1b")
+
+
+def test_pickled_object_in_a_checkpoint_is_refused_without_torchs_advice(tmp_path):
+    path, marker = tmp_path / "object.pt", tmp_path / "code-ran"
+    torch.save({"model": _Payload(marker), "config": {}}, path)
+    for read in (lambda: build_model("gpt2", str(path), 0), lambda: model_config("gpt2", str(path))):
+        with pytest.raises(WeightsError) as info:
+            read()
+        message = str(info.value)
+        assert message.startswith(f"engine.weights={path}: not a readable weights checkpoint (it pickles ")
+        assert (
+            "open, where only tensors" in message and "weights_only=True" in message and "\n" not in message
+        )
+        assert not any(advice in message for advice in _TORCH_ADVICE), message
+    assert not marker.exists()
+
+
+def test_pickled_object_in_pytorch_model_bin_is_refused_without_torchs_advice(hf_tiny_dir, tmp_path):
+    folder, marker = copy_config(hf_tiny_dir, tmp_path / "object-bin"), tmp_path / "code-ran"
+    torch.save({"transformer.wte.weight": _Payload(marker)}, folder / "pytorch_model.bin")
+    with pytest.raises(WeightsError) as info:
+        build_model("gpt2", str(folder), 0)
+    message = str(info.value)
+    assert message.startswith(f"{folder / 'pytorch_model.bin'}: cannot be read as weights (it pickles ")
+    assert "open, where only tensors" in message and "weights_only=True" in message
+    assert not any(advice in message for advice in _TORCH_ADVICE), message
+    assert not marker.exists()
+
+
+def test_model_config_is_the_shape_build_model_loads(hf_tiny_model, hf_tiny_dir, pt_checkpoint, tmp_path):
+    """Read before the weights (to bound the workload's ids), it must agree with what is then loaded,
+    for every source: a preset, an HF folder, a checkpoint in torch's zip format and in the legacy one."""
+    legacy = tmp_path / "legacy.pt"
+    payload = {"model": to_rosetrainer(hf_tiny_model), "config": rosetrainer_config(hf_tiny_model)}
+    torch.save(payload, legacy, _use_new_zipfile_serialization=False)
+    for preset, weights in [
+        ("tiny", None),
+        ("gpt2", str(hf_tiny_dir)),
+        ("gpt2", str(pt_checkpoint)),
+        ("gpt2", str(legacy)),
+    ]:
+        expected = MODEL_PRESETS[preset] if weights is None else build_model(preset, weights, 0).config
+        assert model_config(preset, weights) == expected, weights
+    with pytest.raises(WeightsError, match="engine.weights="):
+        model_config("gpt2", str(tmp_path / "nowhere.pt"))
 
 
 # -- config errors ---------------------------------------------------------------------------------

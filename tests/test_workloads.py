@@ -1,6 +1,7 @@
 import itertools
 import json
 import math
+import os
 import re
 import statistics
 
@@ -9,11 +10,12 @@ import pytest
 from rosebench.engine.sequence import SamplingParams
 from rosebench.engine.tokenizer import EOS_TOKEN_ID, load_tokenizer
 from rosebench.scheduler.config import SchedulerConfig
-from rosebench.workload import WORKLOAD_KINDS, WorkloadError, build_workload
+from rosebench.workload import WORKLOAD_KINDS, Vocabulary, WorkloadError, build_workload
 from rosebench.workload.arrivals import arrival_times
+from rosebench.workload.prompt import Prompt
 
 
-def build(kind, num_requests=8, *, sampling=None, seed=0, request_rate=math.inf, **options):
+def build(kind, num_requests=8, *, sampling=None, seed=0, request_rate=math.inf, vocab=None, **options):
     return build_workload(
         WORKLOAD_KINDS[kind](**options),
         num_requests=num_requests,
@@ -21,6 +23,7 @@ def build(kind, num_requests=8, *, sampling=None, seed=0, request_rate=math.inf,
         tokenizer=load_tokenizer(),
         seed=seed,
         request_rate=request_rate,
+        vocab=vocab,
     )
 
 
@@ -189,6 +192,83 @@ def test_jsonl_missing_and_empty_files_name_the_path(tmp_path):
     empty = write_lines(tmp_path, ["", ""])
     with pytest.raises(WorkloadError, match=rf"^{re.escape(str(empty))}: no prompts"):
         build("jsonl", 1, path=str(empty))
+
+
+def test_jsonl_path_must_be_a_regular_file(tmp_path):
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    with pytest.raises(WorkloadError, match=rf"^workload\.path={re.escape(str(folder))}: is a directory; "):
+        build("jsonl", 1, path=str(folder))
+    fifo = tmp_path / "a-fifo"
+    os.mkfifo(fifo)  # no writer: reading it would block, so it must be told apart without opening it
+    with pytest.raises(WorkloadError, match=r": is a named pipe \(FIFO\); allowed: a regular JSONL file"):
+        build("jsonl", 1, path=str(fifo))
+
+
+# the model's vocabulary
+
+SMALL = Vocabulary(1000, "engine.weights=small")
+LARGE = Vocabulary(60000, "engine.weights=large")
+
+
+@pytest.mark.parametrize("kind", ["random", "shared_prefix"])
+def test_random_ids_are_drawn_within_a_smaller_model_vocabulary(kind):
+    options = {"input_len": 64} if kind == "random" else {"prefix_len": 32, "suffix_len": 32}
+    ids = [t for p in prompts(build(kind, 16, vocab=SMALL, **options)) for t in p]
+    assert max(ids) < 1000 and len(set(ids)) > 300
+
+
+@pytest.mark.parametrize("kind", ["random", "shared_prefix"])
+def test_a_larger_model_vocabulary_draws_the_tokenizers_ordinary_ids(kind):
+    """Ids beyond the tokenizer's are never what text encodes to: the draw, and so a seed's prompts, stay
+    what they are with GPT-2's own vocabulary."""
+    options = {"input_len": 64} if kind == "random" else {"prefix_len": 32, "suffix_len": 32}
+    assert prompts(build(kind, 16, vocab=LARGE, **options)) == prompts(build(kind, 16, **options))
+
+
+def test_shared_prefix_that_cannot_have_distinct_suffixes_is_refused():
+    with pytest.raises(WorkloadError, match=r"^workload\.suffix_len=1: 3 distinct suffixes per prefix"):
+        build("shared_prefix", 3, vocab=Vocabulary(2), num_prefixes=1, prefix_len=4, suffix_len=1)
+
+
+def test_fixed_prompt_beyond_a_smaller_vocabulary_names_both_keys():
+    with pytest.raises(WorkloadError) as info:
+        build("fixed", 2, vocab=SMALL)
+    message = str(info.value)
+    assert message.startswith("workload.prompt='Hello': encodes to token id 15496, outside ")
+    assert "engine.weights=small" in message and "below 1000" in message
+
+
+def test_jsonl_ids_are_checked_against_the_model_vocabulary(tmp_path):
+    path = write_lines(tmp_path, [json.dumps({"prompt_token_ids": [55000, 1]})])
+    assert prompts(build("jsonl", 1, path=str(path), vocab=LARGE)) == [[55000, 1]]  # the model has it
+    with pytest.raises(WorkloadError, match=r":1: token id 55000 out of range; ids must be in \[0, 50257\)"):
+        build("jsonl", 1, path=str(path))
+    text = write_lines(tmp_path, [json.dumps({"prompt_token_ids": [999]}), json.dumps({"prompt": "Hello"})])
+    with pytest.raises(WorkloadError) as info:
+        build("jsonl", 2, path=str(text), vocab=SMALL)
+    assert str(info.value).startswith(f"{text}:2: 'prompt' encodes to token id 15496, outside ")
+    assert "engine.weights=small" in str(info.value)
+
+
+def test_every_kinds_prompt_ids_are_checked_by_the_builder():
+    """A kind that forgets to check its ids is still caught, before any request is made."""
+
+    class Careless:
+        kind = "careless"
+
+        def prompts(self, num_requests, tokenizer, seed, max_new_tokens, vocab=None):
+            return [Prompt(token_ids=[1, 5000]) for _ in range(num_requests)]
+
+    with pytest.raises(WorkloadError, match=r"^workload=careless: request 0's prompt has token id 5000"):
+        build_workload(
+            Careless(),
+            num_requests=2,
+            sampling=SamplingParams(),
+            tokenizer=load_tokenizer(),
+            seed=0,
+            vocab=SMALL,
+        )
 
 
 # dispatch and sampling
