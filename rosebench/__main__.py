@@ -92,6 +92,7 @@ def benchmark(config: RunConfig) -> dict[str, float]:
     from rosebench import metrics
     from rosebench.results import OUTPUTS_FILE, outputs_text
     from rosebench.runner.benchmark import prepare, run_passes
+    from rosebench.runner.conditions import contention_warnings
     from rosebench.runner.console import summary_table
     from rosebench.runner.environment import environment
 
@@ -128,6 +129,8 @@ def benchmark(config: RunConfig) -> dict[str, float]:
             on = f"{setup.engine.device} ({config.engine.dtype})"
             title = f"rosebench {results.run.name}: {model['label']} on {on}"
             print(summary_table(title, results.metrics, results.metrics_std, len(outcome.passes)))
+            for line in contention_warnings(results.passes):
+                print(f"rosebench: warning: {line}", file=sys.stderr)
         if outcome.profile is not None:
             print(f"profiled pass (untimed, not in the figures above): {run_dir / 'profile'}")
             print(outcome.profile.summary.format())
@@ -161,6 +164,8 @@ def benchmark(config: RunConfig) -> dict[str, float]:
 
 def _record(results: RunResults, outcome: Outcome, run_dir: Path) -> None:
     """What the passes produced, into the run's results: figures over the finished timed passes."""
+    from rosebench.runner.conditions import contended
+
     results.metrics, results.metrics_std = outcome.aggregate()
     results.passes = outcome.pass_metrics
     if outcome.profile is not None:
@@ -171,6 +176,7 @@ def _record(results: RunResults, outcome: Outcome, run_dir: Path) -> None:
             warnings=outcome.profile.warnings,
         )
     run = results.run
+    run.contended = contended(results.passes)
     run.status, run.ended_at = ("KILLED" if outcome.interrupted else "FINISHED"), _now()
     run.interrupted_during, run.profile_error = outcome.interrupted_during, outcome.profile_error
 

@@ -24,6 +24,7 @@ from rosebench.engine.cpu_linear import bf16_matrix_units
 from rosebench.engine.engine import Engine, NonFiniteLogitsError
 from rosebench.engine.tokenizer import load_tokenizer
 from rosebench.profiling.session import ProfileResult, ProfileSession
+from rosebench.runner.conditions import ConditionsProbe
 from rosebench.scheduler.base import BatchScheduler
 from rosebench.scheduler.offline import OfflineScheduler
 from rosebench.scheduler.online import OnlineScheduler
@@ -76,10 +77,13 @@ class Outcome:
     interrupted_during: str | None = None  # the pass that was cut short, e.g. "pass 2/3"
 
     def aggregate(self) -> tuple[dict[str, float], dict[str, float]]:
-        """Mean and std over the finished timed passes (empty when none finished), with the engine's
-        one-off figures (no std: they are measured once)."""
-        mean, std = metrics.aggregate(self.pass_metrics) if self.pass_metrics else ({}, {})
-        return {**mean, **self.engine_metrics}, std
+        """Mean and std over the finished timed passes (empty when none finished), the busiest pass's
+        contention, and the engine's one-off figures (no std: they are measured once)."""
+        if not self.pass_metrics:
+            return dict(self.engine_metrics), {}
+        mean, std = metrics.aggregate(self.pass_metrics)
+        busiest = max(p["contention"] for p in self.pass_metrics)
+        return {**mean, "contention_max": busiest, **self.engine_metrics}, std
 
 
 def prepare(config: RunConfig) -> Setup:
@@ -155,9 +159,10 @@ def run_passes(setup: Setup, run_dir: Path) -> Outcome:
             _timed_pass(setup, label)
         for index in range(config.repeat):
             label = f"pass {index + 1}/{config.repeat}"
-            result = _timed_pass(setup, label)
+            with ConditionsProbe() as probe:
+                result = _timed_pass(setup, label)
             outcome.passes.append(result)
-            outcome.pass_metrics.append(metrics.pass_metrics(result))
+            outcome.pass_metrics.append({**metrics.pass_metrics(result), **probe.conditions.metrics()})
             _say(f"{label}: {outcome.pass_metrics[-1]['throughput_completion_tok_s']:.1f} tok/s")
             label = "the gap between passes"
         if config.profile.enabled:

@@ -30,6 +30,14 @@ _ENGINE = [
     ("engine graph capture (s)", "engine_capture_s", "{:.2f}"),
 ]
 
+# What else ran on the machine meanwhile (runner/conditions.py): figures that cannot be trusted otherwise.
+_CONDITIONS = [
+    ("other processes' CPU (max)", "contention_max", "{:.0%}"),
+    ("CPU steal", "cpu_steal", "{:.0%}"),
+    ("load average (1 min)", "load_avg_1m", "{:.2f}"),
+    ("torch intra-op threads", "torch_threads", "{:.0f}"),
+]
+
 
 UNMEASURED = "-"  # a figure with no samples (TPOT with one output token each): absent, never 0
 # CPU runs have no CUDA figures; compile and capture figures exist only when they happened.
@@ -62,6 +70,8 @@ def summary_table(title: str, mean: dict[str, float], std: dict[str, float], rep
         cells = "".join(f"{UNMEASURED:>10}" if v is None else f"{v:>10.2f}" for v in values)
         out.append(f"{label:<{width}}{cells}")
     for label, key, fmt in _ENGINE:
+        line(label, key, fmt)
+    for label, key, fmt in _CONDITIONS:
         line(label, key, fmt)
     if repeat > 1:
         out.append(f"(mean of {repeat} timed passes; ± is their standard deviation)")

@@ -63,12 +63,17 @@ def shaping_params(results: RunResults) -> dict[str, str]:
     }
 
 
+# Beside the headline figures: how busy the machine was, to tell a slow engine from a busy machine.
+CONDITION_METRICS = ("contention_max",)
+
+
 def mlflow_metrics(results: RunResults) -> list[Metric]:
-    """The headline figures, rounded; the rest are in the figures table (`figures_table`)."""
+    """The headline figures and the run's conditions, rounded; the rest are in the figures table
+    (`figures_table`)."""
     now = int(time.time() * 1000)
     return [
         Metric(key, rounded(float(results.metrics[key])), now, 0)
-        for key in HEADLINE_METRICS
+        for key in (*HEADLINE_METRICS, *CONDITION_METRICS)
         if isinstance(results.metrics.get(key), (int, float))
     ]
 
@@ -102,6 +107,7 @@ def mlflow_tags(results: RunResults, run_dir: Path) -> dict[str, str]:
         "mode": run.mode,
         "model": results.model.get("label"),
         "profiled": "yes" if run.profiled else "no",
+        "contended": None if run.contended is None else "yes" if run.contended else "no",
         "device": env.get("device"),
         "device_name": env.get("device_name"),
         # On a CPU run the device is the CPU: one tag says it.
