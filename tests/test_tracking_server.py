@@ -181,3 +181,29 @@ def test_password_in_the_tracking_uri_is_written_nowhere(mlflow_server, tmp_path
     assert _files_containing(work, secret.encode()) == []
     assert _files_containing(tmp_path / "artifacts", secret.encode()) == []
     assert secret.encode() not in (tmp_path / "server.db").read_bytes()
+
+
+def test_a_short_password_is_redacted_in_the_uri_only(mlflow_server, tmp_path):
+    """A password that is also an ordinary value ('8') is hidden where it stands, in the URI, and nowhere
+    else: max_new_tokens=8 and max_batched_tokens=2048 read as typed in .hydra, results.json and MLflow."""
+    uri = mlflow_server.replace("http://", "http://dave:8@")
+    shown = mlflow_server.replace("http://", "http://dave:***@")
+    overrides = ["max_new_tokens=8", "scheduler.max_batched_tokens=2048", f"tracking.uri={uri}"]
+    proc = run_cli(
+        tmp_path, "engine=tiny", "warmup=0", "repeat=1", "num_requests=2", *overrides, "hydra.run.dir=run"
+    )
+    assert_ok(proc)
+    assert "dave:8@" not in proc.stdout + proc.stderr, describe(proc)
+    config = (tmp_path / "run" / ".hydra" / "config.yaml").read_text()
+    assert "max_new_tokens: 8\n" in config and "max_batched_tokens: 2048\n" in config, config
+    assert f"uri: {shown}\n" in config and "dave:8@" not in config
+    results = read_results(tmp_path / "run")
+    typed = ["max_new_tokens=8", "scheduler.max_batched_tokens=2048", f"tracking.uri={shown}"]
+    assert [o for o in results["run"]["overrides"] if o in typed] == typed, results["run"]["overrides"]
+    assert results["config"]["tracking"]["uri"] == shown
+    [run] = MlflowClient(mlflow_server).search_runs(
+        [e.experiment_id for e in MlflowClient(mlflow_server).search_experiments()]
+    )
+    assert run.data.params["max_new_tokens"] == "8"
+    assert run.data.params["scheduler.max_batched_tokens"] == "2048"
+    assert json.loads(run.data.tags["hydra_overrides"])[-1] == f"tracking.uri={shown}"
