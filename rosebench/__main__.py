@@ -262,6 +262,24 @@ def _hydra_main(cfg: DictConfig) -> dict[str, float]:
         sys.exit(128 + getattr(stop, "signum", signal.SIGINT))
 
 
+_PACKAGE_DIR = str(Path(__file__).resolve().parent)
+_python_warning_format = warnings.formatwarning
+
+
+def _one_line_warning(
+    message: Warning | str, category: type[Warning], filename: str, lineno: int, line: str | None = None
+) -> str:
+    """rosebench's own warnings as the one line a user reads, not a source path and a line of code;
+    other packages' keep Python's format (there the source says where to look)."""
+    if filename.startswith(_PACKAGE_DIR):
+        return f"rosebench: warning: {message}\n"
+    return _python_warning_format(message, category, filename, lineno, line)
+
+
+# At import: a parallel sweep's workers import this module to run jobs, and never call main().
+warnings.formatwarning = _one_line_warning
+
+
 def main() -> None:
     # A sweep's launcher stopped by Ctrl-C or SIGTERM marks the sweep stopped (no new point starts; see
     # MlflowSweepCallback), passes the signal to its workers (each keeps its finished passes) and its exit

@@ -70,7 +70,9 @@ def test_a_key_given_twice_is_named_by_the_value_that_ran(tmp_path: Path) -> Non
     assert_ok(sweep)
     client = MlflowClient(uri)
     [experiment] = [e for e in client.search_experiments() if e.name == "rosebench"]
-    [parent] = [r for r in client.search_runs([experiment.experiment_id]) if "rosebench_sweep_parent" in r.data.tags]
+    [parent] = [
+        r for r in client.search_runs([experiment.experiment_id]) if "rosebench_sweep_parent" in r.data.tags
+    ]
     assert parent.info.run_name.startswith("sweep num_requests=1,2 (")
     assert "num_requests=4" not in parent.info.run_name, parent.info.run_name
 
@@ -122,3 +124,13 @@ def test_hydra_job_chdir_keeps_paths_and_the_store_in_the_launch_folder(tmp_path
     assert run.info.status == "FINISHED"
     config = yaml.safe_load((tmp_path / "run" / ".hydra" / "config.yaml").read_text())
     assert config["workload"]["path"] == "prompts.jsonl"
+
+
+def test_rosebench_warnings_are_one_line_each(tmp_path: Path) -> None:
+    """A warning a run raises (here: a profile schedule longer than the pass) reads as one rosebench line,
+    not as a source path followed by a line of code."""
+    proc = run_cli(tmp_path, *FAST, "num_requests=2", "profile.enabled=true", "profile.skip_first=1000")
+    assert_ok(proc)
+    [line] = [line for line in proc.stderr.splitlines() if "skip_first+wait+warmup+active" in line]
+    assert line.startswith("rosebench: warning: profiled pass ran "), line
+    assert ".py:" not in proc.stderr, describe(proc)
