@@ -11,6 +11,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,8 @@ from rosebench.config import ConfigError, RunConfig
 from rosebench.engine.config import MODEL_PRESETS
 from rosebench.engine.cpu_linear import bf16_matrix_units
 from rosebench.engine.engine import Engine, NonFiniteLogitsError
-from rosebench.engine.tokenizer import load_tokenizer
+from rosebench.engine.tokenizer import detokenize, load_tokenizer, vocabulary_note
+from rosebench.engine.weights import model_config
 from rosebench.profiling.session import ProfileResult, ProfileSession
 from rosebench.runner.conditions import ConditionsProbe
 from rosebench.scheduler.base import BatchScheduler
@@ -30,7 +32,7 @@ from rosebench.scheduler.offline import OfflineScheduler
 from rosebench.scheduler.online import OnlineScheduler
 from rosebench.scheduler.records import PassResult
 from rosebench.signals import Interrupted
-from rosebench.workload import Request, build_workload
+from rosebench.workload import Request, Vocabulary, build_workload
 
 SCHEDULERS: dict[str, type[BatchScheduler]] = {"offline": OfflineScheduler, "online": OnlineScheduler}
 
@@ -88,12 +90,6 @@ class Outcome:
 
 def prepare(config: RunConfig) -> Setup:
     """Everything that can reject the run's config, before any timing starts."""
-    from functools import partial
-
-    from rosebench.engine.tokenizer import detokenize, vocabulary_note
-    from rosebench.engine.weights import model_config
-    from rosebench.workload import Vocabulary
-
     torch.manual_seed(config.seed)
     tokenizer = load_tokenizer()
     weights = config.engine.weights
