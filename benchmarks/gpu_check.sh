@@ -7,7 +7,8 @@
 #    preemption and the prefix cache under graphs, engine.kv_cache.memory_fraction.
 # 2. 64 requests x 512 new tokens, greedy, ignore_eos, bf16, with CUDA graphs on and off: at batch 64 and
 #    at batch 16, each run with a profiled pass (completion tok/s, decode step p50, device idle fraction).
-# 3. The README's `python -m rosebench mode=online profile.enabled=true`, with its trace summary.
+# 3. The README's `python -m rosebench mode=online profile.enabled=true`, with its trace summary, the
+#    kineto lines left on its stderr (none expected) and its contention figure.
 # Then one table. Runs use tracking=off (MLflow is not needed); their folders stay under $OUT (or a
 # temporary folder), named in the table. A machine without hydra-core/omegaconf can install them from
 # wheels first: pip install --no-deps -e . && pip install --no-index --find-links WHEELS hydra-core.
@@ -80,4 +81,12 @@ if summary.is_file():
     from rosebench.profiling.summary import TraceSummary
 
     print(TraceSummary.from_dict(json.loads(summary.read_text())).format())
+# The profiler's stderr filter (rosebench/profiling/kineto_log.py) on CUDA: kineto's start/stop marks gone,
+# CUDA kernels still recorded (kern/step above), and the run's contention figure present.
+log = out / "online_profiled.log"
+if log.is_file():
+    noise = [line for line in log.read_text().splitlines() if "USDT" in line or "gpuGetDeviceCount" in line]
+    print(f"kineto lines on stderr: {len(noise)}{': ' + noise[0] if noise else ''}")
+online = rows.get("online_profiled", {})
+print(f"contention_max (online_profiled): {online.get('contention_max', '-')}")
 EOF
