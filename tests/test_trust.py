@@ -5,11 +5,13 @@ Each test runs the real ``python -m rosebench`` in a subprocess, as a user types
 
 from __future__ import annotations
 
+import json
+import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
-from cli_helpers import FAST, assert_ok, describe, read_results, run_cli
+from cli_helpers import FAST, assert_ok, describe, read_results, run_cli, start_cli
 from mlflow import MlflowClient
 
 _ONE_LINE = "rosebench: error: "
@@ -134,3 +136,52 @@ def test_rosebench_warnings_are_one_line_each(tmp_path: Path) -> None:
     [line] = [line for line in proc.stderr.splitlines() if "skip_first+wait+warmup+active" in line]
     assert line.startswith("rosebench: warning: profiled pass ran "), line
     assert ".py:" not in proc.stderr, describe(proc)
+
+
+def test_a_run_folder_made_immutable_mid_run_loses_nothing_that_mlflow_can_hold(tmp_path: Path) -> None:
+    """``chattr +i`` on the run folder after the first timed pass: no new file can be made in it. The line
+    says which files are missing and that their content is in the MLflow run, which holds them whole."""
+    run_dir = tmp_path / "run"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = start_cli(
+        tmp_path,
+        *FAST[:1],
+        "warmup=0",
+        "repeat=2",
+        "num_requests=3",
+        f"tracking.uri={uri}",
+        f"hydra.run.dir={run_dir}",
+    )
+    try:
+        seen = []
+        for line in proc.stderr:
+            seen.append(line)
+            if line.startswith("rosebench: pass 1/2:"):
+                frozen = subprocess.run(["chattr", "+i", str(run_dir)], capture_output=True, text=True)
+                break
+        stdout, rest = proc.communicate(timeout=300)
+    finally:
+        subprocess.run(["chattr", "-i", str(run_dir)], capture_output=True)
+    if frozen.returncode != 0:
+        pytest.skip(f"chattr +i is not supported here: {frozen.stderr.strip()}")
+    stderr = "".join(seen) + rest
+    assert proc.returncode == 1 and "Traceback" not in stderr, stderr[-3000:]
+    client = MlflowClient(uri)
+    [run] = client.search_runs(
+        [e.experiment_id for e in client.search_experiments() if e.name == "rosebench"]
+    )
+    [message] = [line for line in stderr.splitlines() if line.startswith(_ONE_LINE)]
+    refused = "(Operation not permitted)"
+    assert message == (
+        f"{_ONE_LINE}could not write {run_dir / 'results.json'} {refused}; {run_dir / 'outputs.jsonl'} "
+        f"{refused}; {run_dir / 'tracking.json'} {refused}; results.json and outputs.jsonl are artifacts of "
+        f"MLflow run {run.info.run_id}; tracking.json would name that run, printed below"
+    ), message
+    assert not (run_dir / "results.json").exists()
+    logged = json.loads(
+        Path(client.download_artifacts(run.info.run_id, "results.json", str(tmp_path))).read_text()
+    )
+    assert logged["run"]["status"] == "FINISHED" and len(logged["passes"]) == 2
+    outputs = Path(client.download_artifacts(run.info.run_id, "outputs.jsonl", str(tmp_path))).read_text()
+    assert len(outputs.splitlines()) == 3
+    assert "completion throughput (tok/s)" in stdout
