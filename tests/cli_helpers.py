@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,21 @@ def start_cli(cwd: Path, *args: str, stdout: int = subprocess.PIPE, **popen: Any
         text=True,
         **popen,
     )
+
+
+def act_at_line(
+    proc: subprocess.Popen[str], prefix: str, act: Callable[[], object], timeout: float = 300
+) -> tuple[str, str]:
+    """Read a started CLI's stderr until a line starts with ``prefix``, run ``act`` (fill the disk, freeze
+    the folder), then wait for the process; returns its stdout and its whole stderr."""
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if line.startswith(prefix):
+            act()
+            break
+    stdout, rest = proc.communicate(timeout=timeout)
+    return stdout, "".join(seen) + rest
 
 
 def describe(proc: subprocess.CompletedProcess[str]) -> str:

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from cli_helpers import assert_ok, describe, read_results, run_cli, run_tool, start_cli
+from cli_helpers import act_at_line, assert_ok, describe, read_results, run_cli, run_tool, start_cli
 from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
@@ -398,14 +398,7 @@ def test_full_disk_at_the_end_loses_no_figure(tmp_path: Path, small_disk: Path) 
     proc = start_cli(
         tmp_path, *TINY, "num_requests=4", "repeat=3", f"tracking.uri={uri}", f"hydra.run.dir={run_dir}"
     )
-    seen = []
-    for line in proc.stderr:
-        seen.append(line)
-        if line.startswith("rosebench: pass 1/3:"):
-            fill(small_disk)
-            break
-    stdout, rest = proc.communicate(timeout=300)
-    stderr = "".join(seen) + rest
+    stdout, stderr = act_at_line(proc, "rosebench: pass 1/3:", lambda: fill(small_disk))
     assert proc.returncode == 1, stderr[-3000:]
     assert "Traceback" not in stderr, stderr[-3000:]
     [message] = [line for line in stderr.splitlines() if line.startswith("rosebench: error:")]
@@ -451,14 +444,7 @@ def test_full_disk_with_tracking_off_says_what_is_lost(tmp_path: Path, small_dis
     proc = start_cli(
         tmp_path, *TINY, "num_requests=2", "repeat=2", "tracking=off", f"hydra.run.dir={run_dir}"
     )
-    seen = []
-    for line in proc.stderr:
-        seen.append(line)
-        if line.startswith("rosebench: pass 1/2:"):
-            fill(small_disk)
-            break
-    stdout, rest = proc.communicate(timeout=300)
-    stderr = "".join(seen) + rest
+    stdout, stderr = act_at_line(proc, "rosebench: pass 1/2:", lambda: fill(small_disk))
     assert proc.returncode == 1 and "Traceback" not in stderr, stderr[-3000:]
     [message] = [line for line in stderr.splitlines() if line.startswith("rosebench: error:")]
     assert message.endswith(

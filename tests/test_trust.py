@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from cli_helpers import FAST, assert_ok, describe, read_results, run_cli, start_cli
+from cli_helpers import FAST, act_at_line, assert_ok, describe, read_results, run_cli, start_cli
 from mlflow import MlflowClient
 
 _ONE_LINE = "rosebench: error: "
@@ -152,19 +152,17 @@ def test_a_run_folder_made_immutable_mid_run_loses_nothing_that_mlflow_can_hold(
         f"tracking.uri={uri}",
         f"hydra.run.dir={run_dir}",
     )
+    frozen = []
+
+    def freeze() -> None:
+        frozen.append(subprocess.run(["chattr", "+i", str(run_dir)], capture_output=True, text=True))
+
     try:
-        seen = []
-        for line in proc.stderr:
-            seen.append(line)
-            if line.startswith("rosebench: pass 1/2:"):
-                frozen = subprocess.run(["chattr", "+i", str(run_dir)], capture_output=True, text=True)
-                break
-        stdout, rest = proc.communicate(timeout=300)
+        stdout, stderr = act_at_line(proc, "rosebench: pass 1/2:", freeze)
     finally:
         subprocess.run(["chattr", "-i", str(run_dir)], capture_output=True)
-    if frozen.returncode != 0:
-        pytest.skip(f"chattr +i is not supported here: {frozen.stderr.strip()}")
-    stderr = "".join(seen) + rest
+    if frozen[0].returncode != 0:
+        pytest.skip(f"chattr +i is not supported here: {frozen[0].stderr.strip()}")
     assert proc.returncode == 1 and "Traceback" not in stderr, stderr[-3000:]
     client = MlflowClient(uri)
     [run] = client.search_runs(
