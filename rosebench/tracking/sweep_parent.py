@@ -18,6 +18,7 @@ from rosebench.tracking.store import save_runs_view
 from rosebench.tracking.table import SWEEP_PARENT_TAG, Table, child_runs, row_from_run
 
 SWEEP_TABLE = "sweep_table.json"
+SWEEP_DIR_TAG = "sweep_dir"  # the sweep folder's absolute path: an upload finds the sweep's parent by it
 _PARAMS_PER_BATCH = 100  # MLflow's limit for one log_batch call
 
 
@@ -31,7 +32,7 @@ def create_sweep_parent(
         run_name=sweep_name(overrides),
         tags={
             SWEEP_PARENT_TAG: "yes",
-            "sweep_dir": str(sweep_dir.resolve()),
+            SWEEP_DIR_TAG: str(sweep_dir.resolve()),
             "sweep_overrides": json.dumps(overrides),
             "swept_keys": ",".join(keys),
         },
