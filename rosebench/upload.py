@@ -3,24 +3,34 @@
     python -m rosebench.upload outputs/2026-11-30/05-30-00
     python -m rosebench.upload outputs/multirun/2026-11-30/05-30-00 --uri http://127.0.0.1:5000
 
-A folder already logged (its tracking.json names a run that exists in the target store) is skipped
-unless --force is given.
+Uploading again adds nothing: a folder's run is found in the target store by its run_dir tag (or the run
+its tracking.json names) and skipped unless --force is given; a run its killed process left RUNNING is
+ended with what the folder holds. Credentials in the tracking URI are never printed.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from rosebench.tracking.mlflow_log import describe_error
 from rosebench.tracking.run_folder import find_run_folders, is_run_folder
+from rosebench.tracking.settings import redact, redact_uri
 from rosebench.tracking.uploads import upload
 
 
 def _fail(message: str, code: int) -> int:
-    print(f"rosebench.upload: error: {message}", file=sys.stderr)
+    print(f"rosebench.upload: error: {redact(message)}", file=sys.stderr)
     return code
+
+
+def _described(error: Exception) -> str:
+    """The error in one line, its URIs' passwords taken out before the line is cut to length (a cut could
+    keep part of one)."""
+    shown = type(type(error).__name__, (Exception,), {})(redact(str(error)))
+    return describe_error(shown)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,10 +47,11 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"{args.path} is not a directory", 2)
     if not is_run_folder(args.path) and not find_run_folders(args.path):
         return _fail(f"{args.path} holds no run folder (no results.json or .hydra/config.yaml)", 2)
+    store = redact_uri(args.uri or os.environ.get("MLFLOW_TRACKING_URI")) or "sqlite:///mlflow.db"
     try:
         upload(args.path, args.uri, args.experiment, args.force)
     except Exception as error:  # the store: unreachable, refusing, misconfigured
-        return _fail(f"upload stopped: {describe_error(error)}", 1)
+        return _fail(f"upload of {args.path} to {store} stopped: {_described(error)}", 1)
     return 0
 
 

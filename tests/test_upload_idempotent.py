@@ -1,10 +1,11 @@
 """rosebench.upload through the real CLIs: uploading a folder again, to its own store or another one, never
-makes a second run; a run its killed process left RUNNING is ended, not duplicated."""
+makes a second run; a run its killed process left RUNNING is ended, not duplicated; no password is printed."""
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 from pathlib import Path
 
@@ -161,3 +162,21 @@ def test_a_killed_sweep_uploaded_elsewhere_first_is_ended_in_its_own_store(tmp_p
         upload(tmp_path, tmp_path / "sweep", uri)
     assert_one_sweep(a, 2)
     assert_one_sweep(b, 1)
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]  # free once the socket closes: nothing listens there
+
+
+def test_upload_to_an_unreachable_server_prints_no_password(tmp_path: Path) -> None:
+    secret = "Pw-7s3cret"
+    assert_ok(run_cli(tmp_path, *FAST, "num_requests=1", "max_new_tokens=2", "hydra.run.dir=run"))
+    uri = f"http://alice:{secret}@127.0.0.1:{closed_port()}"
+    proc = run_tool(tmp_path, "upload", str(tmp_path / "run"), "--uri", uri)
+    assert proc.returncode != 0, describe(proc)
+    assert secret not in proc.stdout + proc.stderr, describe(proc)
+    assert "Traceback" not in proc.stderr, describe(proc)
+    [line] = proc.stderr.splitlines()
+    assert line.startswith("rosebench.upload: error:") and "alice:***@127.0.0.1" in line, line
