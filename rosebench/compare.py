@@ -7,9 +7,15 @@ python -m rosebench.compare outputs/2026-11-30/10-00-00 outputs/2026-11-30/10-05
 python -m rosebench.compare outputs/multirun/A outputs/multirun/B --markdown cmp.md --json cmp.json
 python -m rosebench.compare RUN_ID_A RUN_ID_B --uri sqlite:///mlflow.db --fail-if-worse 5
 python -m rosebench.compare A B --allow engine.attention   # the one key the change is about
+python -m rosebench.compare A B --fail-if-worse 5 --allow-contended   # judge runs taken on a busy machine
+
+A side needs finished timed passes. A run that ended FAILED or KILLED, or one whose timed passes shared the
+machine with busy processes (results.json ``run.contended``), is compared with a warning; --fail-if-worse
+refuses to judge it (a contended one unless --allow-contended), and refuses a --metric either side lacks.
 
 Exit codes: 0 compared; 1 the candidate is worse than --fail-if-worse allows, with the interval excluding
-no change; 2 bad input (unreadable side, configs that differ in keys --allow does not name).
+no change; 2 bad input (unreadable side, a side with no finished timed pass, configs that differ in keys
+--allow does not name, a side the gate refuses, an output file that cannot be written).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from pathlib import Path
 from rosebench.comparison import (
     Comparison,
     ComparisonError,
+    Gate,
     Run,
     compare_runs,
     compare_sweeps,
@@ -35,11 +42,40 @@ from rosebench.comparison import (
 )
 from rosebench.files import write_atomic
 from rosebench.results import HEADLINE_METRICS, RESULTS_FILE
+from rosebench.tracking.settings import redact, redact_uri
+
+
+def _say(message: str) -> None:
+    """A line on stderr, with any URI's password taken out (MLflow's errors quote the tracking URI)."""
+    print(redact(message), file=sys.stderr)
 
 
 def _fail(message: str) -> int:
-    print(f"rosebench.compare: error: {message}", file=sys.stderr)
+    _say(f"rosebench.compare: error: {message}")
     return 2
+
+
+def _describe(error: BaseException) -> str:
+    """``Type: message`` on one line, as ``describe_error`` writes it, with the password taken out before
+    a long message is cut (a cut through the URI would leave part of the password where redact misses it)."""
+    text = redact(" ".join(str(error).split()))
+    if len(text) > 300:
+        text = f"{text[:120]} ... {text[-170:]}"
+    return f"{type(error).__name__}: {text}"
+
+
+def _output_problem(path: Path) -> str | None:
+    """Why a report cannot be written at ``path`` (write_atomic renames a file made beside it), or None."""
+    if path.is_dir():
+        return "is a directory; give the path of a file to write"
+    folder = path.parent
+    if not folder.exists():
+        return f"folder {folder} does not exist"
+    if not folder.is_dir():
+        return f"{folder} is not a directory"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"folder {folder} is not writable"
+    return None
 
 
 def _side(source: str, uri: str | None, downloads: Path) -> Run | dict[str, Run]:
@@ -58,10 +94,12 @@ def _side(source: str, uri: str | None, downloads: Path) -> Run | dict[str, Run]
 
 
 def _mlflow_run(run_id: str, uri: str | None, downloads: Path) -> Run:
-    from rosebench.tracking.mlflow_log import describe_error
     from rosebench.tracking.store import connect, resolve_tracking_uri, sqlite_path
 
-    resolved = resolve_tracking_uri(uri)
+    try:
+        resolved = resolve_tracking_uri(uri)
+    except ValueError as error:  # a file store
+        raise ComparisonError(f"{run_id}: not a folder, and {error}") from None
     db = sqlite_path(resolved)
     if db is not None and not db.is_file():
         raise ComparisonError(f"{run_id}: not a folder, and no MLflow database at {db} to look it up in")
@@ -73,7 +111,7 @@ def _mlflow_run(run_id: str, uri: str | None, downloads: Path) -> Run:
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one small file
         client.download_artifacts(run_id, RESULTS_FILE, str(target))
     except Exception as error:  # the store: unreachable, no such run, ...
-        message = f"{run_id}: not a folder, and not a run in {resolved} ({describe_error(error)})"
+        message = f"{run_id}: not a folder, and not a run in {redact_uri(resolved)} ({_describe(error)})"
         raise ComparisonError(message) from None
     return Run.from_folder(target, label=f"run {run_id}", run_id=run_id)
 
@@ -150,6 +188,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--fail-if-worse", type=float, metavar="PCT", help="exit 1 when significantly worse by more"
     )
+    parser.add_argument(
+        "--allow-contended",
+        action="store_true",
+        help="let --fail-if-worse judge a side whose machine was busy (run.contended); the warning stays",
+    )
     parser.add_argument("--markdown", type=Path, metavar="FILE", help="also write a Markdown report")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the comparison as JSON")
     parser.add_argument(
@@ -162,6 +205,11 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"--metric {args.metric}: allowed values are {', '.join(HEADLINE_METRICS)}")
     if args.fail_if_worse is not None and not 0 <= args.fail_if_worse < 100:
         return _fail(f"--fail-if-worse {args.fail_if_worse}: must be a percentage in [0, 100)")
+    outputs = {"--markdown": (args.markdown, "comparison.md"), "--json": (args.json, "comparison.json")}
+    for option, (path, _) in outputs.items():
+        if path is not None and (problem := _output_problem(path)):
+            return _fail(f"{option} {path}: {problem}")
+    gate = None if args.fail_if_worse is None else Gate(args.metric, args.allow_contended)
 
     with tempfile.TemporaryDirectory(prefix="rosebench-compare-") as downloads:
         try:
@@ -169,33 +217,31 @@ def main(argv: list[str] | None = None) -> int:
             if isinstance(base, dict) != isinstance(cand, dict):
                 return _fail("compare a run with a run, or a sweep with a sweep")
             if isinstance(base, dict):
-                sweeps = compare_sweeps(base, cand, args.allow, args.seed)
+                sweeps = compare_sweeps(base, cand, args.allow, args.seed, gate)
                 comparisons, only = sweeps.points, (sweeps.only_baseline, sweeps.only_candidate)
             else:
-                comparisons, only = [compare_runs(base, cand, args.allow, args.seed)], ([], [])
+                comparisons, only = [compare_runs(base, cand, args.allow, args.seed, gate=gate)], ([], [])
         except ComparisonError as error:
             return _fail(str(error))
 
     sys.stdout.write(to_text(comparisons, only))
     reports = {"comparison.md": to_markdown(comparisons, only), "comparison.json": to_json(comparisons, only)}
-    for path, artifact in ((args.markdown, "comparison.md"), (args.json, "comparison.json")):
+    for option, (path, artifact) in outputs.items():
         if path is not None:
-            write_atomic(path, reports[artifact])
+            try:
+                write_atomic(path, reports[artifact])
+            except OSError as error:  # checked above; a full disk or a folder removed meanwhile
+                return _fail(f"{option} {path}: could not write it ({error.strerror or error})")
     if args.log:
-        from rosebench.tracking.mlflow_log import describe_error
-
         try:
-            print(_log_comparison(comparisons, reports, args.uri, args.experiment))
+            print(redact(_log_comparison(comparisons, reports, args.uri, args.experiment)))
         except Exception as error:  # the figures are printed and written already
-            print(f"rosebench.compare: not logged to MLflow ({describe_error(error)})", file=sys.stderr)
+            _say(f"rosebench.compare: not logged to MLflow ({_describe(error)})")
     if args.fail_if_worse is None:
         return 0
     failing = _worse_than(comparisons, args.metric, args.fail_if_worse)
     for line in failing:
-        print(
-            f"rosebench.compare: {args.metric} worse by more than {args.fail_if_worse}%: {line}",
-            file=sys.stderr,
-        )
+        _say(f"rosebench.compare: {args.metric} worse by more than {args.fail_if_worse}%: {line}")
     return 1 if failing else 0
 
 

@@ -11,6 +11,10 @@ throughput, lower latency and memory). Passes, not requests, are the samples: an
 share one prefill (identical TTFTs: a zero-width interval), and one pass's requests see none of the
 pass-to-pass spread.
 
+A side must have finished timed passes. A run that ended FAILED or KILLED, or that shared the machine with
+busy processes (``run.contended``), is still read, with a warning; a ``Gate`` (``--fail-if-worse``)
+refuses a verdict on it instead, and on a judged metric either side lacks.
+
 No MLflow and no torch here: ``rosebench.compare`` reads the runs and writes the outputs.
 """
 
@@ -40,6 +44,8 @@ _PER_REQUEST = {"ttft": "ttft_ms", "e2e": "e2e_ms"}  # outputs.jsonl columns wit
 # Keys that may differ without making two runs incomparable: where results go, and how they are observed.
 IGNORED_CONFIG = ("tracking.", "profile.", "repeat", "warmup", "trial")
 ENVIRONMENT_KEYS = ("device", "device_name", "torch", "cuda", "cpu", "cpu_capability", "git_commit")
+ENDED_BADLY = ("FAILED", "KILLED")  # results.json run.status of a run that did not finish
+SIDES = ("baseline", "candidate")
 
 
 class ComparisonError(ValueError):
@@ -53,6 +59,7 @@ class Run:
     label: str  # the folder, sweep point or MLflow run id
     runs: list[RunResults]
     run_id: str | None = None  # its MLflow run, when it is one logged run
+    sources: list[str] = field(default_factory=list)  # where each run was read (a folder, "run <id>")
 
     @classmethod
     def from_folder(cls, run_dir: Path, label: str | None = None, run_id: str | None = None) -> Run:
@@ -60,7 +67,13 @@ class Run:
         if results is None:
             raise ComparisonError(why)
         record = TrackingRecord.read(run_dir)
-        return cls(label or str(run_dir), [results], run_id or (record.run_id if record else None))
+        label = label or str(run_dir)
+        return cls(label, [results], run_id or (record.run_id if record else None), [label])
+
+    def named(self) -> list[tuple[str, RunResults]]:
+        """Each run and how a message names it: the side's label, with the run's folder when it differs."""
+        sources = self.sources or [self.label] * len(self.runs)
+        return [(s if s == self.label else f"{self.label} ({s})", r) for s, r in zip(sources, self.runs)]
 
     @property
     def results(self) -> RunResults:
@@ -72,7 +85,8 @@ class Run:
         return [[p[metric] for p in r.passes if metric in p] for r in self.runs]
 
     def has(self, metric: str) -> bool:
-        return all(metric in r.metrics for r in self.runs)
+        """Whether every run measured ``metric`` (in its figures and in a timed pass)."""
+        return all(metric in r.metrics and any(metric in p for p in r.passes) for r in self.runs)
 
 
 @dataclass
@@ -101,6 +115,9 @@ class Comparison:
     metrics: list[MetricComparison]
     warnings: list[str] = field(default_factory=list)
     point: str = ""  # the sweep point, for sweep comparisons
+    metrics_only_in: dict[str, list[str]] = field(
+        default_factory=dict
+    )  # side -> headline metrics it alone has
 
     def metric(self, name: str) -> MetricComparison | None:
         return next((m for m in self.metrics if m.metric == name), None)
@@ -138,17 +155,111 @@ def check_comparable(differences: dict[str, tuple[Any, Any]], allow: Sequence[st
         )
 
 
+@dataclass(frozen=True)
+class Gate:
+    """What ``--fail-if-worse`` demands of both sides before it judges ``metric``: runs that finished, a
+    machine nobody else was using (unless ``allow_contended``), and the metric itself."""
+
+    metric: str
+    allow_contended: bool = False
+
+
+def _ending(results: RunResults) -> str:
+    during = results.run.interrupted_during
+    return f"the run ended {results.status}" + (f", interrupted during {during}" if during else "")
+
+
+def _contention(role: str, side: Run) -> str | None:
+    """Which of the side's runs were contended and by how much, or None when none was."""
+    contended = [(name, r) for name, r in side.named() if r.run.contended]
+    if not contended:
+        return None
+    shares = [r.metrics.get("contention_max") for _, r in contended]
+    known = [s for s in shares if isinstance(s, int | float) and math.isfinite(s)]
+    how = (
+        f"other processes used up to {max(known):.0%} of the machine's cores during a timed pass"
+        if known
+        else "other processes used the machine's cores during a timed pass (contention_max not recorded)"
+    )
+    which = (
+        contended[0][0]
+        if len(side.runs) == 1
+        else f"{side.label} ({len(contended)} of {len(side.runs)} runs)"
+    )
+    return f"{role} {which} was contended: {how}"
+
+
+def check_passes(role: str, side: Run) -> None:
+    """Refuse a side that has nothing to compare: a run with no finished timed pass (it crashed, or was
+    stopped before its first pass ended)."""
+    for name, results in side.named():
+        if not results.passes:
+            raise ComparisonError(
+                f"{role} {name}: no finished timed pass ({_ending(results)}); nothing to compare"
+            )
+
+
+def check_gate(role: str, side: Run, gate: Gate) -> None:
+    """Refuse to judge a side with a run that did not finish, or a contended one unless ``gate`` allows it."""
+    for name, results in side.named():
+        if results.status in ENDED_BADLY:
+            raise ComparisonError(
+                f"{role} {name}: {_ending(results)}; --fail-if-worse judges only runs that finished: rerun it"
+            )
+    contention = _contention(role, side)
+    if not gate.allow_contended and contention:
+        raise ComparisonError(
+            f"{contention}; --fail-if-worse gives no verdict on a contended run (--allow-contended overrides)"
+        )
+
+
+def _side_warnings(role: str, side: Run) -> list[str]:
+    warnings = [
+        f"{role} {name}: {_ending(r)}; compared on the {len(r.passes)} timed pass"
+        f"{'' if len(r.passes) == 1 else 'es'} that finished"
+        for name, r in side.named()
+        if r.status in ENDED_BADLY
+    ]
+    contention = _contention(role, side)
+    if contention:
+        warnings.append(f"{contention}; its timings measure the busy machine as much as the change")
+    return warnings
+
+
 def compare_runs(
-    baseline: Run, candidate: Run, allow: Sequence[str] = (), seed: int = 0, point: str = ""
+    baseline: Run,
+    candidate: Run,
+    allow: Sequence[str] = (),
+    seed: int = 0,
+    point: str = "",
+    gate: Gate | None = None,
 ) -> Comparison:
+    """``baseline`` against ``candidate``; ``ComparisonError`` when a side has nothing to compare, the
+    configs differ beyond ``allow``, or the ``gate`` refuses a side."""
+    sides = dict(zip(SIDES, (baseline, candidate)))
+    for role, side in sides.items():
+        check_passes(role, side)
+    if gate is not None:
+        for role, side in sides.items():
+            check_gate(role, side, gate)
     differences = config_differences(baseline.results, candidate.results)
     check_comparable(differences, allow)
+    if gate is not None:
+        lacking = [f"the {role} {side.label}" for role, side in sides.items() if not side.has(gate.metric)]
+        if lacking:
+            raise ComparisonError(
+                f"--metric {gate.metric}: not measured in {' nor in '.join(lacking)} (a figure with no "
+                "samples is absent); --fail-if-worse judges only a metric both sides have"
+            )
     rng = random.Random(seed)
-    metrics, warnings = [], []
+    metrics, warnings = [], [w for role, side in sides.items() for w in _side_warnings(role, side)]
+    only: dict[str, list[str]] = {}
     for metric, higher_is_better in HEADLINE_METRICS.items():
-        if not (baseline.has(metric) and candidate.has(metric)):
-            continue
-        metrics.append(_compare_metric(metric, higher_is_better, baseline, candidate, rng))
+        present = [role for role, side in sides.items() if side.has(metric)]
+        if len(present) == 1:
+            only.setdefault(present[0], []).append(metric)
+        if len(present) == 2:
+            metrics.append(_compare_metric(metric, higher_is_better, baseline, candidate, rng))
     passes = tuple(sum(len(r.passes) for r in side.runs) for side in (baseline, candidate))
     if min(passes) < MIN_PASSES:
         warnings.append(
@@ -177,6 +288,7 @@ def compare_runs(
         metrics,
         warnings,
         point,
+        only,
     )
 
 
@@ -262,20 +374,25 @@ def sweep_points(sweep_dir: Path) -> dict[str, Run]:
         point = " ".join(f"{k}={v.get(k)}" for k in swept)
         if point in points:
             points[point].runs += run.runs
+            points[point].sources += run.sources
             points[point].run_id = None
         else:
-            points[point] = Run(point or str(sweep_dir), run.runs, run.run_id)
+            points[point] = Run(point or str(sweep_dir), run.runs, run.run_id, run.sources)
     return points
 
 
 def compare_sweeps(
-    baseline: dict[str, Run], candidate: dict[str, Run], allow: Sequence[str] = (), seed: int = 0
+    baseline: dict[str, Run],
+    candidate: dict[str, Run],
+    allow: Sequence[str] = (),
+    seed: int = 0,
+    gate: Gate | None = None,
 ) -> SweepComparison:
     """Points matched by their swept values; each pair as ``compare_runs`` (the swept keys themselves are
     allowed to differ between points, not between a matched pair)."""
     common = [p for p in baseline if p in candidate]
     return SweepComparison(
-        [compare_runs(baseline[p], candidate[p], allow, seed, point=p) for p in common],
+        [compare_runs(baseline[p], candidate[p], allow, seed, point=p, gate=gate) for p in common],
         [p for p in baseline if p not in candidate],
         [p for p in candidate if p not in baseline],
     )
@@ -312,6 +429,9 @@ HEADER = ["metric", "baseline", "candidate", "ratio", f"{CONFIDENCE:.0%} CI of r
 def _notes(c: Comparison) -> list[str]:
     notes = [f"config differs (allowed): {k} = {a} vs {b}" for k, (a, b) in c.config_differences.items()]
     notes += [f"environment differs: {k} = {a} vs {b}" for k, (a, b) in c.environment_differences.items()]
+    notes += [
+        f"only the {side} has {', '.join(names)}: not compared" for side, names in c.metrics_only_in.items()
+    ]
     return notes + [f"warning: {w}" for w in c.warnings]
 
 

@@ -8,15 +8,21 @@ the machine; the no-change case is tested on samples instead (and on one run aga
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
+import shutil
+import signal
 import subprocess
 from pathlib import Path
 
 import pytest
-from cli_helpers import FAST, assert_ok, describe, run_cli, run_tool
+import torch
+from cli_helpers import FAST, assert_ok, describe, run_cli, run_tool, start_cli
 
 from rosebench.comparison import Run, bootstrap_ratio, compare_runs
+from rosebench.engine.config import MODEL_PRESETS
+from rosebench.engine.model import GPT2
 from rosebench.results import RunInfo, RunResults
 
 
@@ -123,7 +129,16 @@ def ab_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.slow
 def test_naive_attention_is_worse_and_fails_the_gate(ab_runs: Path) -> None:
     proc = compare(
-        ab_runs, "a", "b", "--allow", "engine.attention", "--fail-if-worse", "5", "--json", "c.json"
+        ab_runs,
+        "a",
+        "b",
+        "--allow",
+        "engine.attention",
+        "--fail-if-worse",
+        "5",
+        "--allow-contended",
+        "--json",
+        "c.json",
     )
     assert proc.returncode == 1, describe(proc)
     data = json.loads((ab_runs / "c.json").read_text())
@@ -149,7 +164,7 @@ def test_configs_that_differ_are_refused_in_one_line(ab_runs: Path) -> None:
 
 @pytest.mark.slow
 def test_a_run_against_itself_passes_the_gate(ab_runs: Path) -> None:
-    proc = compare(ab_runs, "a", "a", "--fail-if-worse", "0", "--markdown", "same.md")
+    proc = compare(ab_runs, "a", "a", "--fail-if-worse", "0", "--allow-contended", "--markdown", "same.md")
     assert proc.returncode == 0, describe(proc)
     assert "| throughput_completion_tok_s |" in (ab_runs / "same.md").read_text()
     assert "worse" not in proc.stdout and "better" not in proc.stdout
@@ -227,7 +242,7 @@ def test_interleaved_repeated_runs_a_over_a_is_no_change_and_naive_is_worse(tmp_
         for name, extra in sides.items():
             args = (*AB, "repeat=3", f"trial={trial}", *extra, f"hydra.run.dir={name}/t{trial}")
             assert_ok(run_cli(tmp_path, *args))
-    same = compare(tmp_path, "a1", "a2", "--fail-if-worse", "5", "--json", "same.json")
+    same = compare(tmp_path, "a1", "a2", "--fail-if-worse", "5", "--allow-contended", "--json", "same.json")
     assert same.returncode == 0, describe(same)
     [c] = json.loads((tmp_path / "same.json").read_text())["comparisons"]
     throughput = next(m for m in c["metrics"] if m["metric"] == "throughput_completion_tok_s")
@@ -237,5 +252,143 @@ def test_interleaved_repeated_runs_a_over_a_is_no_change_and_naive_is_worse(tmp_
     assert throughput["samples"] == "3x3/3x3" and throughput["verdict"] != "worse", throughput
     assert throughput["ci_low"] < 1.1 and throughput["ci_high"] > 0.9, throughput
     assert not c["config_differences"] and not any("one run on a side" in w for w in c["warnings"])
-    worse = compare(tmp_path, "a1", "naive", "--allow", "engine.attention", "--fail-if-worse", "5")
+    gate = ("--fail-if-worse", "5", "--allow-contended")
+    worse = compare(tmp_path, "a1", "naive", "--allow", "engine.attention", *gate)
     assert worse.returncode == 1, describe(worse)
+
+
+# -- sides the gate must not judge ------------------------------------------------------------------------
+SMALL = (*FAST, "repeat=3", "num_requests=4", "max_new_tokens=4")
+
+
+def error_line(proc: subprocess.CompletedProcess[str]) -> str:
+    """The one line a refused comparison prints (exit code 2, nothing on stdout, no traceback)."""
+    assert proc.returncode == 2, describe(proc)
+    assert proc.stdout == "" and "Traceback" not in proc.stderr, describe(proc)
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith("rosebench.compare: error: "), describe(proc)
+    return line
+
+
+def _killed_run(root: Path, name: str) -> None:
+    """A run stopped by SIGTERM once its first timed pass finished: status KILLED, finished passes kept."""
+    proc = start_cli(root, *SMALL, "repeat=1000", f"hydra.run.dir={name}")
+    try:
+        for line in proc.stderr:
+            if line.startswith("rosebench: pass 1/1000:"):
+                proc.send_signal(signal.SIGTERM)
+                break
+        proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM
+
+
+def set_contention(run_dir: Path, share: float) -> None:
+    """What the runner writes for a run whose busiest timed pass saw other processes use ``share`` of the
+    cores: contended above 10%. (This machine is shared: a real run's own figure is whatever it was.)"""
+    data = json.loads((run_dir / "results.json").read_text())
+    data["run"]["contended"] = share > 0.1
+    data["metrics"]["contention_max"] = share
+    for figures in data["passes"]:
+        figures["contention"] = share
+    (run_dir / "results.json").write_text(json.dumps(data))
+
+
+@pytest.fixture(scope="module")
+def sides(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Real runs: good (3 passes), failed (NaN weights: the runner's FAILED results.json, no passes),
+    killed (SIGTERM after its first pass: KILLED, some passes), one_token (max_new_tokens=1: no TPOT or
+    ITL); good is set quiet, and copies of it contended (alone, and as one of two trials of a side)."""
+    root = tmp_path_factory.mktemp("sides")
+    tiny = MODEL_PRESETS["tiny"]
+    state = GPT2(tiny).state_dict()
+    state["ln_f.weight"].fill_(float("nan"))
+    torch.save({"model": state, "config": dataclasses.asdict(tiny)}, root / "nan.pt")
+    assert_ok(run_cli(root, *SMALL, "hydra.run.dir=good"))
+    failed = run_cli(root, *SMALL, "engine.weights=nan.pt", "hydra.run.dir=failed")
+    assert failed.returncode == 1 and "non-finite logits" in failed.stderr, describe(failed)
+    assert json.loads((root / "failed" / "results.json").read_text())["run"]["status"] == "FAILED"
+    _killed_run(root, "killed")
+    killed = json.loads((root / "killed" / "results.json").read_text())
+    assert killed["run"]["status"] == "KILLED" and killed["passes"], killed["run"]
+    assert_ok(run_cli(root, *SMALL, "max_new_tokens=1", "hydra.run.dir=one_token"))
+    set_contention(root / "good", 0.0)
+    shutil.copytree(root / "good", root / "contended")
+    set_contention(root / "contended", 0.5)
+    shutil.copytree(root / "good", root / "pooled" / "t0")
+    shutil.copytree(root / "contended", root / "pooled" / "t1")
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("gate", [(), ("--fail-if-worse", "5")], ids=["plain", "gate"])
+def test_a_side_with_no_finished_pass_is_an_error(sides: Path, gate: tuple[str, ...]) -> None:
+    """The crash the CI gate used to pass with exit 0 and an empty table: a FAILED run with no passes."""
+    line = error_line(compare(sides, "good", "failed", "--allow", "engine", *gate))
+    assert line == (
+        "rosebench.compare: error: candidate failed: no finished timed pass (the run ended FAILED); "
+        "nothing to compare"
+    )
+    line = error_line(compare(sides, "failed", "good", "--allow", "engine", *gate))
+    assert "baseline failed: no finished timed pass" in line
+
+
+@pytest.mark.slow
+def test_a_killed_run_is_read_with_a_warning_and_refused_by_the_gate(sides: Path) -> None:
+    plain = compare(sides, "good", "killed")
+    assert plain.returncode == 0, describe(plain)
+    killed = json.loads((sides / "killed" / "results.json").read_text())
+    during, finished = killed["run"]["interrupted_during"], len(killed["passes"])
+    assert "throughput_completion_tok_s" in plain.stdout
+    warning = (
+        f"warning: candidate killed: the run ended KILLED, interrupted during {during}; "
+        f"compared on the {finished} timed pass{'' if finished == 1 else 'es'} that finished"
+    )
+    assert warning in plain.stdout, describe(plain)
+    line = error_line(compare(sides, "good", "killed", "--fail-if-worse", "5", "--allow-contended"))
+    assert "candidate killed: the run ended KILLED" in line and "--fail-if-worse" in line
+    line = error_line(compare(sides, "killed", "good", "--fail-if-worse", "5", "--allow-contended"))
+    assert "baseline killed: the run ended KILLED" in line
+
+
+@pytest.mark.slow
+def test_a_metric_on_one_side_is_noted_and_the_gate_needs_its_metric_on_both(sides: Path) -> None:
+    # The key, where it lands (sampling) and what it sizes (the KV slots).
+    keys = ("max_new_tokens", "sampling.max_new_tokens", "engine.max_model_len")
+    allow = tuple(arg for key in keys for arg in ("--allow", key))
+    proc = compare(sides, "good", "one_token", *allow, "--json", "one.json")
+    assert proc.returncode == 0, describe(proc)
+    one_sided = "only the baseline has tpot_ms_p50, tpot_ms_p99, itl_ms_p50, itl_ms_p99: not compared"
+    assert one_sided in proc.stdout, describe(proc)
+    [c] = json.loads((sides / "one.json").read_text())["comparisons"]
+    assert c["metrics_only_in"] == {"baseline": ["tpot_ms_p50", "tpot_ms_p99", "itl_ms_p50", "itl_ms_p99"]}
+    gate = ("--fail-if-worse", "5", "--allow-contended", *allow)
+    line = error_line(compare(sides, "good", "one_token", *gate, "--metric", "tpot_ms_p50"))
+    assert "--metric tpot_ms_p50" in line and "the candidate one_token" in line, line
+    line = error_line(compare(sides, "one_token", "good", *gate, "--metric", "itl_ms_p99"))
+    assert "--metric itl_ms_p99" in line and "the baseline one_token" in line, line
+    judged = compare(sides, "good", "one_token", *gate)  # throughput: on both sides
+    assert judged.returncode in (0, 1) and "Traceback" not in judged.stderr, describe(judged)
+
+
+@pytest.mark.slow
+def test_a_contended_side_is_named_and_the_gate_refuses_it_unless_allowed(sides: Path) -> None:
+    plain = compare(sides, "good", "contended")
+    assert plain.returncode == 0, describe(plain)
+    warning = (
+        "warning: candidate contended was contended: other processes used up to 50% of the machine's cores "
+        "during a timed pass"
+    )
+    assert warning in plain.stdout, describe(plain)
+    line = error_line(compare(sides, "good", "contended", "--fail-if-worse", "5"))
+    assert "candidate contended was contended" in line and "50%" in line, line
+    assert "--allow-contended overrides" in line, line
+    line = error_line(compare(sides, "contended", "good", "--fail-if-worse", "5"))
+    assert "baseline contended was contended" in line, line
+    line = error_line(compare(sides, "good", "pooled", "--fail-if-worse", "5"))  # one of its two runs
+    assert "candidate pooled (1 of 2 runs) was contended" in line and "50%" in line, line
+    allowed = compare(sides, "good", "contended", "--fail-if-worse", "5", "--allow-contended")
+    assert allowed.returncode == 0 and warning in allowed.stdout, describe(allowed)  # the same passes
+    uncontended = compare(sides, "good", "good", "--fail-if-worse", "5")
+    assert uncontended.returncode == 0 and "contended" not in uncontended.stdout, describe(uncontended)
