@@ -8,11 +8,12 @@ python -m rosebench.report --sweep outputs/multirun/2026-11-30/05-30-00 --format
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
-from rosebench.tracking.mlflow_log import describe_error
 from rosebench.tracking.run_folder import find_run_folders
+from rosebench.tracking.settings import redact
 from rosebench.tracking.store import connect, resolve_tracking_uri, sqlite_path
 from rosebench.tracking.table import (
     FORMATS,
@@ -26,8 +27,42 @@ from rosebench.tracking.table import (
 
 
 def _fail(message: str, code: int) -> int:
-    print(f"rosebench.report: error: {message}", file=sys.stderr)
+    """One line on stderr, with any URI's password taken out (MLflow's errors quote the tracking URI)."""
+    print(redact(f"rosebench.report: error: {message}"), file=sys.stderr)
     return code
+
+
+def _describe(error: BaseException) -> str:
+    """``Type: message`` on one line, as ``describe_error`` writes it, with the password taken out before
+    a long message is cut (a cut through the URI would leave part of the password where redact misses it)."""
+    text = redact(" ".join(str(error).split()))
+    if len(text) > 300:
+        text = f"{text[:120]} ... {text[-170:]}"
+    return f"{type(error).__name__}: {text}"
+
+
+def _out_problem(path: Path) -> str | None:
+    """Why the table cannot be written to the file ``path``, or None."""
+    if path.is_dir():
+        return "is a directory; give the path of a file to write"
+    folder = path.parent
+    if not folder.exists():
+        return f"folder {folder} does not exist"
+    if not folder.is_dir():
+        return f"{folder} is not a directory"
+    writable = os.access(path, os.W_OK) if path.exists() else os.access(folder, os.W_OK | os.X_OK)
+    return None if writable else "not writable"
+
+
+def _plots_problem(path: Path) -> str | None:
+    """Why the plots cannot go into the directory ``path`` (created with its parents if missing), or None."""
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        where = "is a file" if existing == path else f"{existing} is a file"
+        return f"{where}; it must be a directory (created if missing)"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"folder {existing} is not writable"
+    return None
 
 
 def _rows(args: argparse.Namespace) -> list[RunRow]:
@@ -61,26 +96,32 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.sweep is not None and not args.sweep.is_dir():
         return _fail(f"{args.sweep} is not a directory", 2)
+    for option, path, check in (("--out", args.out, _out_problem), ("--plots", args.plots, _plots_problem)):
+        if path is not None and (problem := check(path)):
+            return _fail(f"{option} {path}: {problem}", 2)
     try:
         rows = _rows(args)
     except (LookupError, ValueError) as error:
         return _fail(str(error), 1)
     except Exception as error:  # the store: unreachable, bad run id, ...
-        return _fail(describe_error(error), 1)
+        return _fail(_describe(error), 1)
     if not rows:
         return _fail("no runs found", 1)
 
     table = Table.of(rows)
     text = FORMATS[args.format](table)
-    try:
-        if args.out is not None:
+    if args.out is not None:
+        try:
             args.out.write_text(text)
-        else:
-            sys.stdout.write(text)
+        except OSError as error:  # checked above; a full disk, or a folder removed meanwhile
+            return _fail(f"--out {args.out}: could not write it ({error.strerror or error})", 1)
+    else:
+        sys.stdout.write(text)
+    try:
         for path in table.plots(args.plots) if args.plots is not None else []:
             print(f"wrote {path}", file=sys.stderr)
     except OSError as error:
-        return _fail(str(error), 1)
+        return _fail(f"--plots {args.plots}: could not write a plot ({error.strerror or error})", 1)
     return 0
 
 
