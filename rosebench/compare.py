@@ -42,7 +42,7 @@ from rosebench.comparison import (
 )
 from rosebench.files import write_atomic
 from rosebench.results import HEADLINE_METRICS, RESULTS_FILE
-from rosebench.tracking.settings import redact, redact_uri
+from rosebench.tracking.settings import describe_error, redact, redact_uri
 
 
 def _say(message: str) -> None:
@@ -53,15 +53,6 @@ def _say(message: str) -> None:
 def _fail(message: str) -> int:
     _say(f"rosebench.compare: error: {message}")
     return 2
-
-
-def _describe(error: BaseException) -> str:
-    """``Type: message`` on one line, as ``describe_error`` writes it, with the password taken out before
-    a long message is cut (a cut through the URI would leave part of the password where redact misses it)."""
-    text = redact(" ".join(str(error).split()))
-    if len(text) > 300:
-        text = f"{text[:120]} ... {text[-170:]}"
-    return f"{type(error).__name__}: {text}"
 
 
 def _output_problem(path: Path) -> str | None:
@@ -111,7 +102,7 @@ def _mlflow_run(run_id: str, uri: str | None, downloads: Path) -> Run:
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one small file
         client.download_artifacts(run_id, RESULTS_FILE, str(target))
     except Exception as error:  # the store: unreachable, no such run, ...
-        message = f"{run_id}: not a folder, and not a run in {redact_uri(resolved)} ({_describe(error)})"
+        message = f"{run_id}: not a folder, and not a run in {redact_uri(resolved)} ({describe_error(error)})"
         raise ComparisonError(message) from None
     return Run.from_folder(target, label=f"run {run_id}", run_id=run_id)
 
@@ -236,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             print(redact(_log_comparison(comparisons, reports, args.uri, args.experiment)))
         except Exception as error:  # the figures are printed and written already
-            _say(f"rosebench.compare: not logged to MLflow ({_describe(error)})")
+            _say(f"rosebench.compare: not logged to MLflow ({describe_error(error)})")
     if args.fail_if_worse is None:
         return 0
     failing = _worse_than(comparisons, args.metric, args.fail_if_worse)

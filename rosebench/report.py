@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from rosebench.tracking.run_folder import find_run_folders
-from rosebench.tracking.settings import redact
+from rosebench.tracking.settings import describe_error, redact
 from rosebench.tracking.store import connect, resolve_tracking_uri, sqlite_path
 from rosebench.tracking.table import (
     FORMATS,
@@ -30,15 +30,6 @@ def _fail(message: str, code: int) -> int:
     """One line on stderr, with any URI's password taken out (MLflow's errors quote the tracking URI)."""
     print(redact(f"rosebench.report: error: {message}"), file=sys.stderr)
     return code
-
-
-def _describe(error: BaseException) -> str:
-    """``Type: message`` on one line, as ``describe_error`` writes it, with the password taken out before
-    a long message is cut (a cut through the URI would leave part of the password where redact misses it)."""
-    text = redact(" ".join(str(error).split()))
-    if len(text) > 300:
-        text = f"{text[:120]} ... {text[-170:]}"
-    return f"{type(error).__name__}: {text}"
 
 
 def _out_problem(path: Path) -> str | None:
@@ -104,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     except (LookupError, ValueError) as error:
         return _fail(str(error), 1)
     except Exception as error:  # the store: unreachable, bad run id, ...
-        return _fail(_describe(error), 1)
+        return _fail(describe_error(error), 1)
     if not rows:
         return _fail("no runs found", 1)
 

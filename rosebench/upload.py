@@ -15,22 +15,14 @@ import os
 import sys
 from pathlib import Path
 
-from rosebench.tracking.mlflow_log import describe_error
 from rosebench.tracking.run_folder import find_run_folders, is_run_folder
-from rosebench.tracking.settings import redact, redact_uri
+from rosebench.tracking.settings import describe_error, redact, redact_uri
 from rosebench.tracking.uploads import upload
 
 
 def _fail(message: str, code: int) -> int:
     print(f"rosebench.upload: error: {redact(message)}", file=sys.stderr)
     return code
-
-
-def _described(error: Exception) -> str:
-    """The error in one line, its URIs' passwords taken out before the line is cut to length (a cut could
-    keep part of one)."""
-    shown = type(type(error).__name__, (Exception,), {})(redact(str(error)))
-    return describe_error(shown)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         upload(args.path, args.uri, args.experiment, args.force)
     except Exception as error:  # the store: unreachable, refusing, misconfigured
-        return _fail(f"upload of {args.path} to {store} stopped: {_described(error)}", 1)
+        return _fail(f"upload of {args.path} to {store} stopped: {describe_error(error)}", 1)
     return 0
 
 

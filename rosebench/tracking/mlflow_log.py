@@ -28,14 +28,6 @@ _ONLINE_ONLY = ("scheduler.request_rate", "scheduler.burstiness", "scheduler.max
 _SAMPLED_ONLY = ("sampling.top_k", "sampling.top_p", "sampling.seed")
 
 
-def describe_error(error: BaseException) -> str:
-    """`Type: message` on one line; a long message keeps its head and its tail (where the cause is)."""
-    text = " ".join(str(error).split())
-    if len(text) > 300:
-        text = f"{text[:120]} ... {text[-170:]}"
-    return f"{type(error).__name__}: {text}"
-
-
 def rounded(value: float) -> float:
     """`value` to SIGNIFICANT_DIGITS: what a benchmark figure supports."""
     return float(f"{value:.{SIGNIFICANT_DIGITS}g}") if math.isfinite(value) else value

@@ -53,6 +53,15 @@ def redact(text: str) -> str:
     return _AUTHORITY.sub(hide, text)
 
 
+def describe_error(error: BaseException) -> str:
+    """`Type: message` on one line, any URI's password taken out; a long message keeps its head and its tail
+    (where the cause is). Redacted before it is cut: a cut through a URI could keep part of a password."""
+    text = redact(" ".join(str(error).split()))
+    if len(text) > 300:
+        text = f"{text[:120]} ... {text[-170:]}"
+    return f"{type(error).__name__}: {text}"
+
+
 _redacting_logs = False
 
 

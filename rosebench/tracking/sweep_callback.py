@@ -57,8 +57,7 @@ class MlflowSweepCallback(Callback):
         redact_logs()  # before the launcher echoes each job's overrides
         sweep_dir = Path(config.hydra.sweep.dir)
         overrides = list(OmegaConf.to_container(config.hydra.overrides.task, resolve=False))
-        from rosebench.tracking.mlflow_log import describe_error
-        from rosebench.tracking.settings import redact, redact_uri
+        from rosebench.tracking.settings import describe_error, redact, redact_uri
         from rosebench.tracking.store import (
             SweepHandoff,
             connect,

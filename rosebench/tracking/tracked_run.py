@@ -11,9 +11,9 @@ from typing import Any
 import mlflow
 
 from rosebench.results import RunResults
-from rosebench.tracking.mlflow_log import RUN_DIR_TAG, describe_error, log_run_folder
+from rosebench.tracking.mlflow_log import RUN_DIR_TAG, log_run_folder
 from rosebench.tracking.run_folder import TrackingRecord, read_run
-from rosebench.tracking.settings import TrackingSettings, redact, redact_uri
+from rosebench.tracking.settings import TrackingSettings, describe_error, redact_uri
 from rosebench.tracking.store import (
     RUNS_VIEW,
     SweepHandoff,
@@ -141,7 +141,7 @@ class TrackedRun:
             log.debug("could not end MLflow run: %s", error)
 
     def _warn(self, stage: str, consequence: str, error: Exception) -> None:
-        described = redact(describe_error(error))
+        described = describe_error(error)
         self.record.error = f"{stage}: {described}"
         warnings.warn(
             f"MLflow tracking failed at {stage} ({described}); {consequence}. Results are kept "
