@@ -40,7 +40,7 @@ from rosebench.comparison import (
     to_markdown,
     to_text,
 )
-from rosebench.files import write_atomic
+from rosebench.files import output_file_problem, write_atomic
 from rosebench.results import HEADLINE_METRICS, RESULTS_FILE
 from rosebench.tracking.settings import describe_error, redact, redact_uri
 
@@ -53,20 +53,6 @@ def _say(message: str) -> None:
 def _fail(message: str) -> int:
     _say(f"rosebench.compare: error: {message}")
     return 2
-
-
-def _output_problem(path: Path) -> str | None:
-    """Why a report cannot be written at ``path`` (write_atomic renames a file made beside it), or None."""
-    if path.is_dir():
-        return "is a directory; give the path of a file to write"
-    folder = path.parent
-    if not folder.exists():
-        return f"folder {folder} does not exist"
-    if not folder.is_dir():
-        return f"{folder} is not a directory"
-    if not os.access(folder, os.W_OK | os.X_OK):
-        return f"folder {folder} is not writable"
-    return None
 
 
 def _side(source: str, uri: str | None, downloads: Path) -> Run | dict[str, Run]:
@@ -198,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"--fail-if-worse {args.fail_if_worse}: must be a percentage in [0, 100)")
     outputs = {"--markdown": (args.markdown, "comparison.md"), "--json": (args.json, "comparison.json")}
     for option, (path, _) in outputs.items():
-        if path is not None and (problem := _output_problem(path)):
+        if path is not None and (problem := output_file_problem(path)):
             return _fail(f"{option} {path}: {problem}")
     gate = None if args.fail_if_worse is None else Gate(args.metric, args.allow_contended)
 

@@ -12,6 +12,7 @@ import os
 import sys
 from pathlib import Path
 
+from rosebench.files import output_file_problem
 from rosebench.tracking.run_folder import find_run_folders
 from rosebench.tracking.settings import describe_error, redact
 from rosebench.tracking.store import connect, resolve_tracking_uri, sqlite_path
@@ -30,19 +31,6 @@ def _fail(message: str, code: int) -> int:
     """One line on stderr, with any URI's password taken out (MLflow's errors quote the tracking URI)."""
     print(redact(f"rosebench.report: error: {message}"), file=sys.stderr)
     return code
-
-
-def _out_problem(path: Path) -> str | None:
-    """Why the table cannot be written to the file ``path``, or None."""
-    if path.is_dir():
-        return "is a directory; give the path of a file to write"
-    folder = path.parent
-    if not folder.exists():
-        return f"folder {folder} does not exist"
-    if not folder.is_dir():
-        return f"{folder} is not a directory"
-    writable = os.access(path, os.W_OK) if path.exists() else os.access(folder, os.W_OK | os.X_OK)
-    return None if writable else "not writable"
 
 
 def _plots_problem(path: Path) -> str | None:
@@ -87,7 +75,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.sweep is not None and not args.sweep.is_dir():
         return _fail(f"{args.sweep} is not a directory", 2)
-    for option, path, check in (("--out", args.out, _out_problem), ("--plots", args.plots, _plots_problem)):
+    for option, path, check in (
+        ("--out", args.out, output_file_problem),
+        ("--plots", args.plots, _plots_problem),
+    ):
         if path is not None and (problem := check(path)):
             return _fail(f"{option} {path}: {problem}", 2)
     try:

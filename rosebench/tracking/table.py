@@ -230,7 +230,8 @@ def to_text(table: Table) -> str:
 FORMATS = {"table": to_text, "csv": to_csv, "markdown": to_markdown}
 
 
-def _all_runs(client: MlflowClient, experiment_ids: list[str], filter_string: str) -> list[Run]:
+def all_runs(client: MlflowClient, experiment_ids: list[str], filter_string: str) -> list[Run]:
+    """Every run of the experiments that matches ``filter_string``, page by page."""
     runs: list[Run] = []
     page_token = None
     while True:
@@ -244,7 +245,7 @@ def _all_runs(client: MlflowClient, experiment_ids: list[str], filter_string: st
 def child_runs(client: MlflowClient, parent_run_id: str) -> list[Run]:
     """The runs of a sweep."""
     experiment_id = client.get_run(parent_run_id).info.experiment_id
-    return _all_runs(client, [experiment_id], f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}'")
+    return all_runs(client, [experiment_id], f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}'")
 
 
 def experiment_rows(client: MlflowClient, name: str) -> list[RunRow]:
@@ -253,6 +254,6 @@ def experiment_rows(client: MlflowClient, name: str) -> list[RunRow]:
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         raise LookupError(f"no MLflow experiment named {name!r}")
-    runs = _all_runs(client, [experiment.experiment_id], "")
+    runs = all_runs(client, [experiment.experiment_id], "")
     sweeps = {run.info.run_id: run.info.run_name for run in runs if SWEEP_PARENT_TAG in run.data.tags}
     return [row_from_run(run, client, sweeps) for run in runs if run.info.run_id not in sweeps]

@@ -38,7 +38,7 @@ from rosebench.tracking.store import (
     ui_hint,
 )
 from rosebench.tracking.sweep_parent import SWEEP_DIR_TAG, close_sweep_parent, create_sweep_parent
-from rosebench.tracking.table import SWEEP_PARENT_TAG
+from rosebench.tracking.table import SWEEP_PARENT_TAG, all_runs
 
 
 def _read_record(run_dir: Path) -> TrackingRecord | None:
@@ -77,15 +77,7 @@ def _search_store(client: MlflowClient, filter_string: str) -> list[Run]:
         page_token = page.token
         if not page_token:
             break
-    runs: list[Run] = []
-    page_token = None
-    while experiment_ids:
-        page = client.search_runs(experiment_ids, filter_string, max_results=1000, page_token=page_token)
-        runs.extend(page)
-        page_token = page.token
-        if not page_token:
-            break
-    return runs
+    return all_runs(client, experiment_ids, filter_string) if experiment_ids else []
 
 
 def _runs_tagged(client: MlflowClient, tags: dict[str, str]) -> list[Run]:
