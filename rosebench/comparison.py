@@ -260,6 +260,12 @@ def compare_runs(
             only.setdefault(present[0], []).append(metric)
         if len(present) == 2:
             metrics.append(_compare_metric(metric, higher_is_better, baseline, candidate, rng))
+    judged = next((m for m in metrics if gate is not None and m.metric == gate.metric), None)
+    if judged is not None and judged.ci_low is None:  # a gate that cannot judge must not pass
+        raise ComparisonError(
+            f"--metric {judged.metric}: {judged.samples.replace('/', ' and ')} timed passes give no "
+            "interval; --fail-if-worse needs at least 2 a side (repeat=N)"
+        )
     passes = tuple(sum(len(r.passes) for r in side.runs) for side in (baseline, candidate))
     if min(passes) < MIN_PASSES:
         warnings.append(

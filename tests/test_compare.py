@@ -299,7 +299,8 @@ def set_contention(run_dir: Path, share: float) -> None:
 def sides(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Real runs: good (3 passes), failed (NaN weights: the runner's FAILED results.json, no passes),
     killed (SIGTERM after its first pass: KILLED, some passes), one_token (max_new_tokens=1: no TPOT or
-    ITL); good is set quiet, and copies of it contended (alone, and as one of two trials of a side)."""
+    ITL), one_pass (repeat=1); good and one_pass are set quiet, and copies of good contended (alone, and as
+    one of two trials of a side)."""
     root = tmp_path_factory.mktemp("sides")
     tiny = MODEL_PRESETS["tiny"]
     state = GPT2(tiny).state_dict()
@@ -313,7 +314,9 @@ def sides(tmp_path_factory: pytest.TempPathFactory) -> Path:
     killed = json.loads((root / "killed" / "results.json").read_text())
     assert killed["run"]["status"] == "KILLED" and killed["passes"], killed["run"]
     assert_ok(run_cli(root, *SMALL, "max_new_tokens=1", "hydra.run.dir=one_token"))
+    assert_ok(run_cli(root, *SMALL, "repeat=1", "hydra.run.dir=one_pass"))
     set_contention(root / "good", 0.0)
+    set_contention(root / "one_pass", 0.0)
     shutil.copytree(root / "good", root / "contended")
     set_contention(root / "contended", 0.5)
     shutil.copytree(root / "good", root / "pooled" / "t0")
@@ -392,3 +395,15 @@ def test_a_contended_side_is_named_and_the_gate_refuses_it_unless_allowed(sides:
     assert allowed.returncode == 0 and warning in allowed.stdout, describe(allowed)  # the same passes
     uncontended = compare(sides, "good", "good", "--fail-if-worse", "5")
     assert uncontended.returncode == 0 and "contended" not in uncontended.stdout, describe(uncontended)
+
+
+@pytest.mark.slow
+def test_the_gate_refuses_sides_too_small_for_an_interval(sides: Path) -> None:
+    """One timed pass a side gives no interval, so no verdict: the gate says so instead of passing."""
+    plain = compare(sides, "one_pass", "good")
+    assert plain.returncode == 0 and "not enough samples" in plain.stdout, describe(plain)
+    line = error_line(compare(sides, "one_pass", "good", "--fail-if-worse", "5"))
+    assert line == (
+        "rosebench.compare: error: --metric throughput_completion_tok_s: 1 and 3 timed passes give no "
+        "interval; --fail-if-worse needs at least 2 a side (repeat=N)"
+    )
