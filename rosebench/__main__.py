@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.types import ValueType
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
@@ -22,7 +23,7 @@ from rosebench.conf_dir import conf_dir
 from rosebench.config import ConfigError, RunConfig, load_config, register_configs
 from rosebench.failed_points import record_failed_point
 from rosebench.files import write_atomic
-from rosebench.overrides import name_part, naming_overrides, swept_keys
+from rosebench.overrides import name_part, naming_overrides, parse_overrides, swept_keys
 from rosebench.results import RESULTS_FILE, ProfileRecord, RunInfo, RunResults
 from rosebench.signals import STOP_MARK, stop_signals_as_interrupt
 from rosebench.tracking.run_folder import TRACKING_RECORD, TrackingRecord
@@ -276,6 +277,44 @@ def _one_line_warning(
     return _python_warning_format(message, category, filename, lineno, line)
 
 
+def _group_options(group: str) -> list[str]:
+    """The options of a config group: its YAML files in conf/, and the nodes registered in code."""
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    files = [p.stem for p in (conf_dir() / group).glob("*.yaml")]
+    registered = [name.removesuffix(".yaml") for name in store.list(group)] if group in store.list("") else []
+    return sorted({*files, *registered})
+
+
+def _command_line_problem(args: list[str]) -> str | None:
+    """What Hydra would refuse in a dozen lines (an option a group does not have: in a sweep, before any
+    point runs) or run without a word (``~key`` brings the schema's default back), said in one line before
+    anything is composed. None when the command line is fine, or when Hydra's own parser must say why."""
+    groups = [p.name for p in conf_dir().iterdir() if p.is_dir() and p.name != "hydra"] + ["workload"]
+    for arg in args:
+        try:
+            [override] = parse_overrides([arg])
+        except Exception:  # a flag, a flag's value (--cfg job), or a syntax error Hydra reports itself
+            continue
+        key = override.key_or_group
+        if key.startswith("hydra"):
+            continue
+        if override.is_delete():
+            return f"{arg}: deleting a key or group is not supported (every key has a default); set its value"
+        if key not in groups or override.value_type not in (*_CHOICES, ValueType.ELEMENT):
+            continue
+        values = override.sweep_string_iterator() if override.is_sweep_override() else [override.value()]
+        options = _group_options(key)
+        for value in values:
+            if str(value) not in options:
+                return f"{key}={value}: no such option (allowed: {', '.join(options)})"
+    return None
+
+
+_CHOICES = (ValueType.SIMPLE_CHOICE_SWEEP, ValueType.CHOICE_SWEEP)
+
+
 # At import: a parallel sweep's workers import this module to run jobs, and never call main().
 warnings.formatwarning = _one_line_warning
 
@@ -284,6 +323,10 @@ def main() -> None:
     # A sweep's launcher stopped by Ctrl-C or SIGTERM marks the sweep stopped (no new point starts; see
     # MlflowSweepCallback), passes the signal to its workers (each keeps its finished passes) and its exit
     # hook closes the MLflow runs KILLED.
+    problem = _command_line_problem(sys.argv[1:])
+    if problem is not None:
+        print(f"rosebench: error: {problem}", file=sys.stderr)
+        sys.exit(1)
     try:
         with stop_signals_as_interrupt():
             _hydra_main()

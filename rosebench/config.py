@@ -132,6 +132,8 @@ def _one_max_new_tokens(cfg: DictConfig, typed: dict[str, str]) -> None:
     if OmegaConf.is_interpolation(cfg.sampling, "max_new_tokens"):
         return
     own = cfg.sampling.max_new_tokens
+    if own < 1:  # checked here, as typed: SamplingParams names it as the max_new_tokens it defaults to
+        raise ValueError(f"sampling.max_new_tokens={own}: must be >= 1")
     if own == cfg.max_new_tokens:
         return
     if "max_new_tokens" in typed:

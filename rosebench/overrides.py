@@ -48,7 +48,7 @@ NAME_PART_CHARS = 40  # a long value (a prompt, a path) would bury the rest of a
 
 def name_part(override: Override) -> str:
     """``key=value`` as a run's name shows it, cut to NAME_PART_CHARS (the full value is in the params)."""
-    line = override.input_line
+    line = override.input_line.lstrip("+")  # ``+key``/``++key`` add or force a key; the name needs neither
     return line if len(line) <= NAME_PART_CHARS else line[: NAME_PART_CHARS - 1] + "…"
 
 
