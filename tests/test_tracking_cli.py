@@ -20,7 +20,7 @@ from test_tracking import figures_rows
 from test_tracking_server import group_alive
 
 from rosebench.results import HEADLINE_METRICS
-from rosebench.tracking.mlflow_log import rounded
+from rosebench.tracking.mlflow_log import CONDITION_METRICS, rounded
 
 pytestmark = pytest.mark.slow
 
@@ -91,7 +91,9 @@ def test_profiled_run_lands_with_params_metrics_tags_and_artifacts(tmp_path: Pat
     assert metrics["throughput_completion_tok_s"] == rounded(
         results["metrics"]["throughput_completion_tok_s"]
     )
-    assert set(metrics) <= set(HEADLINE_METRICS) and "ttft_ms_p99" in metrics  # the headline only
+    # The headline only, and how busy the machine was.
+    assert set(metrics) <= {*HEADLINE_METRICS, *CONDITION_METRICS} and "ttft_ms_p99" in metrics
+    assert metrics["contention_max"] == rounded(results["metrics"]["contention_max"])
     figures = figures_rows(client, run.info.run_id)  # the rest: mean, std, each pass
     assert figures["completion_tokens"]["mean"] == 12
     assert [figures["completion_tokens"][f"pass {n}"] for n in (1, 2)] == [12, 12]
@@ -175,7 +177,7 @@ def test_a_sweep_reads_in_mlflow_as_a_user_sees_it(tmp_path: Path) -> None:
     )
     results = read_results(Path(child.data.tags["run_dir"]))
     metrics, params, tags = child.data.metrics, child.data.params, child.data.tags
-    assert list(metrics) and set(metrics) <= set(HEADLINE_METRICS)
+    assert list(metrics) and set(metrics) <= {*HEADLINE_METRICS, *CONDITION_METRICS}
     assert all(rounded(v) == v for v in metrics.values())  # 4 significant digits, not 67.54164545450548
     assert metrics["throughput_completion_tok_s"] == rounded(
         results["metrics"]["throughput_completion_tok_s"]
