@@ -16,6 +16,7 @@ SCRIPTS = {
     "engine_throughput.py": "| default / HF generate (tok/s) |",
     "continuous_batching.py": "| continuous / HF static (req/s) |",
     "profiler_overhead.py": "| label cost / decode step |",
+    "contention.py": "| busy neighbours | threads |",
 }
 
 
