@@ -221,6 +221,43 @@ def test_tiny_kv_cache_completes_through_preemption(kind: str, weights: Path, re
     assert hook.mismatches == []
 
 
+@pytest.mark.parametrize("kind", ["offline", "online"])
+def test_preemption_takes_the_newest_request_first(kind: str, weights: Path, reference: Reference) -> None:
+    """Out of blocks, the scheduler preempts the most recently admitted running request (as vLLM): the
+    oldest keep their progress. Three one-block prompts need six blocks for their second block each;
+    with four, the newest goes first, and the oldest request is never preempted."""
+    prompts = [[300 + 10 * i + j for j in range(4)] for i in range(3)]
+    requests = [
+        Request(i, p, replace(GREEDY, max_new_tokens=8), arrival_s=0.0) for i, p in enumerate(prompts)
+    ]
+    engine = make_engine(weights, block_size=4, num_blocks=4, prefix_cache=False)
+    cls = OfflineScheduler if kind == "offline" else OnlineScheduler
+    sched = cls(engine, SchedulerConfig(max_batch_size=16))
+    admitted: dict[int, int] = {}  # seq_id -> when (a counter) it was last admitted
+    victims: list[tuple[int, list[int]]] = []  # (victim, the running requests it left)
+    admit, preempt, clock = engine.admit, engine.preempt, itertools.count()
+
+    def counting_admit(seq: Sequence) -> bool:
+        ok = admit(seq)
+        if ok:
+            admitted[seq.seq_id] = next(clock)
+        return ok
+
+    def recording_preempt(seq: Sequence) -> None:
+        victims.append((seq.seq_id, [s.seq_id for s in sched.running]))
+        preempt(seq)
+
+    engine.admit, engine.preempt = counting_admit, recording_preempt
+    result = sched.run(requests)
+    check_records(result, requests)
+    assert victims and victims[0] == (2, [0, 1])  # the first preemption: of three, the newest
+    for victim, left in victims:
+        assert all(admitted[victim] > admitted[other] for other in left), (victim, left, admitted)
+    assert all(victim != 0 for victim, _ in victims)
+    assert result.records[0].num_preemptions == 0 and result.records[2].num_preemptions > 0
+    assert outputs(result) == expected(requests, reference)
+
+
 # -- requests that can never complete are rejected up front --------------------------------------------
 def _requests_with(bad_prompt: int, bad_new: int, fits_prompt: int, fits_new: int) -> list[Request]:
     rng = random.Random(5)
