@@ -529,6 +529,44 @@ def test_max_concurrency_bounds_requests_in_flight(weights: Path, reference: Ref
         assert rec.arrival_s >= finishes[k]
 
 
+def test_max_concurrency_sends_a_held_back_request_when_a_place_frees(weights: Path) -> None:
+    """As vLLM's bench serve: with every request there at 0 and two places, the request k places past the
+    limit reaches the server exactly when the k-th request finished, not at the next loop after it (which
+    would count the loop's own step out of its TTFT)."""
+    requests = random_workload(n=6, new=5)
+    result = run("online", make_engine(weights), requests, max_concurrency=2)
+    check_records(result, requests)
+    finishes = sorted(r.finish_s for r in result.records)
+    by_arrival = sorted(result.records, key=lambda r: (r.arrival_s, r.request_id))
+    assert [r.arrival_s for r in by_arrival[:2]] == [0.0, 0.0]
+    assert [r.arrival_s for r in by_arrival[2:]] == finishes[:4]
+
+
+def test_online_admits_in_arrival_order_whatever_the_list_order(weights: Path) -> None:
+    """The workload's list order is not its arrival order: requests are admitted by arrival (ties by id),
+    and none waits for a later one listed before it."""
+    base = random_workload(n=5, new=4)
+    arrivals = {0: 0.3, 1: 0.0, 2: 0.06, 3: 0.0, 4: 0.03}
+    requests = [replace(r, arrival_s=arrivals[r.request_id]) for r in base]
+    engine = make_engine(weights)
+    order: list[int] = []
+    admit = engine.admit
+
+    def recording_admit(seq: Sequence) -> bool:
+        ok = admit(seq)
+        if ok:
+            order.append(seq.seq_id)
+        return ok
+
+    engine.admit = recording_admit
+    result = run("online", engine, requests)
+    check_records(result, requests)
+    assert order == [1, 3, 4, 2, 0]
+    assert [r.arrival_s for r in result.records] == [arrivals[i] for i in range(5)]
+    # The first arrivals were served before the last one arrived, not held behind it.
+    assert result.records[1].first_token_s < arrivals[0]
+
+
 def test_max_concurrency_that_never_binds_keeps_workload_arrivals(weights: Path) -> None:
     """A limit above the number of requests changes nothing. TTFT is measured from a request's arrival, so
     each record keeps its workload arrival time, not the first scheduler loop after it (up to a whole step
