@@ -127,6 +127,91 @@ def test_naive_attention_stays_eager():
     assert engine.config.cuda_graphs == "false" and engine.startup_metrics() == {}
 
 
+# Prompts whose first decode step sits on each side of each context bucket boundary (64, 128, and on to 200):
+# every request runs to max_model_len, so each crosses every boundary after its start, in batches whose
+# rows sit in different buckets.
+CROSSING_LEN = 200  # context buckets 64, 128, 200
+CROSSING_PROMPTS = [3, 30, 61, 63, 64, 65, 40, 126, 127, 128, 129]
+
+
+def crossing_requests(params: list[SamplingParams]) -> list[Request]:
+    return [
+        Request(
+            i,
+            [200 + 11 * i + j for j in range(n)],
+            SamplingParams(
+                max_new_tokens=CROSSING_LEN - n,
+                temperature=p.temperature,
+                top_k=p.top_k,
+                top_p=p.top_p,
+                seed=p.seed,
+                ignore_eos=True,
+            ),
+            arrival_s=0.0,
+        )
+        for i, (n, p) in enumerate(zip(CROSSING_PROMPTS, params * len(CROSSING_PROMPTS), strict=False))
+    ]
+
+
+def crossing_engine(hf_dir, static: bool, **overrides) -> Engine:
+    config = EngineConfig(
+        weights=str(hf_dir),
+        device="cpu",
+        max_num_seqs=4,
+        max_model_len=CROSSING_LEN,
+        kv_cache=KVCacheConfig(block_size=8),
+        **overrides,
+    )
+    return Engine(config, static_decode=static)
+
+
+def crossing_outputs(engine: Engine, requests: list[Request]) -> list[list[int]]:
+    result = OfflineScheduler(engine, SchedulerConfig(max_batch_size=engine.max_num_seqs)).run(requests)
+    assert engine.num_running == 0
+    return [r.output_token_ids for r in sorted(result.records, key=lambda r: r.request_id)]
+
+
+@pytest.mark.parametrize(
+    "params",
+    [[SamplingParams()], MIXED],
+    ids=["greedy", "mixed"],
+)
+def test_static_step_matches_eager_across_every_context_bucket(hf_tiny_dir, params):
+    """The step's context bucket holds position + 1 keys: a row fed at position 64 attends to 65 of them.
+    Sequences run from every side of each boundary (63/64/65, 127/128/129) to max_model_len, four at a
+    time at different positions, greedy and sampled with and without seeds: the static step's tokens are
+    the eager step's."""
+    requests = crossing_requests(params)
+    eager = crossing_outputs(crossing_engine(hf_tiny_dir, static=False), requests)
+    engine = crossing_engine(hf_tiny_dir, static=True)
+    steps: list[list[int]] = []  # the positions fed at each static step
+    run = engine._static.run
+
+    def recording_run(**kwargs):
+        steps.append(list(kwargs["positions"]))
+        return run(**kwargs)
+
+    engine._static.run = recording_run
+    assert crossing_outputs(engine, requests) == eager
+    assert all(len(out) == CROSSING_LEN - n for out, n in zip(eager, CROSSING_PROMPTS, strict=True))
+    # What the comparison covered: the static step's longest row on and around each boundary, ...
+    longest = {max(positions) for positions in steps}
+    assert {63, 64, 65, 127, 128, 129, CROSSING_LEN - 2} <= longest
+    # ... and steps whose rows sit in different buckets (each row alone would need another context).
+    buckets = context_buckets(CROSSING_LEN)
+    assert any(len({next(b for b in buckets if b > p) for p in positions}) == 3 for positions in steps)
+    assert len({tuple(out[:20]) for out in eager}) > 5
+
+
+@pytest.mark.slow
+def test_compiled_step_matches_eager_across_every_context_bucket(hf_tiny_dir):
+    """The same crossing under ``torch.compile`` (greedy and sampled rows): one compilation serves every
+    context bucket, and each bucket's tokens are the eager step's."""
+    requests = crossing_requests(MIXED)
+    eager = crossing_outputs(crossing_engine(hf_tiny_dir, static=False), requests)
+    assert crossing_outputs(crossing_engine(hf_tiny_dir, static=True, compile=True), requests) == eager
+
+
 @pytest.mark.slow
 def test_compiled_step_matches_eager_and_compiles_only_before_timing():
     """``engine.compile=true`` on the CPU: the same tokens as the eager engine, greedy and sampled, and no
