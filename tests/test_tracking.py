@@ -19,6 +19,7 @@ import threading
 import time
 from datetime import datetime
 from pathlib import Path
+from statistics import pstdev
 from typing import Any
 
 import mlflow
@@ -40,7 +41,7 @@ from rosebench.tracking.run_folder import config_params
 from rosebench.tracking.store import CLIENT_ENV_DEFAULTS, SWEEP_HANDOFF, resolve_tracking_uri
 from rosebench.tracking.sweep_callback import MlflowSweepCallback
 from rosebench.tracking.sweep_parent import SWEEP_TABLE
-from rosebench.tracking.table import child_runs
+from rosebench.tracking.table import Table, child_runs, row_from_folder
 
 HEADLINE = [
     "throughput_completion_tok_s",
@@ -584,3 +585,29 @@ def test_sweep_plot_draws_error_bars_and_keeps_its_legend_off_the_panels():
     assert throughput.get_legend() is None
     box = legend.get_window_extent()
     assert not any(box.overlaps(ax.get_window_extent()) for ax in fig.axes)
+
+
+def test_sweep_plot_error_bars_are_each_runs_spread_over_its_own_passes(sweep):
+    """From real run folders, as ``rosebench.report --sweep --plots`` reads them: each point's error bar
+    is one population standard deviation of that run's timed passes (results.json metrics_std), not a
+    spread across the sweep's runs."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    runs = jobs_in_order(sweep)
+    table = Table.of(row_from_folder(run) for run in runs)
+    fig = metric_vs_param_figure(table.points(), "num_requests", table.swept)
+    FigureCanvasAgg(fig).draw()
+    for ax, metric in zip(fig.axes, PLOTTED_METRICS, strict=True):
+        [bars] = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+        drawn = sorted((seg[0][0], (seg[1][1] - seg[0][1]) / 2) for seg in bars.lines[2][0].get_segments())
+        expected = []
+        for run in runs:
+            results = read_results(run)
+            passes = [figures[metric] for figures in results["passes"]]
+            assert len(passes) == 2 and results["metrics_std"][metric] == pytest.approx(pstdev(passes))
+            expected.append((results["config"]["num_requests"], pstdev(passes)))
+        assert [x for x, _ in drawn] == [n for n, _ in expected], metric
+        assert [e for _, e in drawn] == pytest.approx([e for _, e in expected], rel=1e-9, abs=1e-12), metric
+    throughput = [[f["throughput_completion_tok_s"] for f in read_results(r)["passes"]] for r in runs]
+    spreads = [pstdev(passes) for passes in throughput]
+    assert len(set(spreads)) == 3  # three runs, three spreads: a bar shared by the sweep would not match
