@@ -1,5 +1,10 @@
 """bfloat16 on the CPU: the capability detection, the environment block that records it, prepacked bf16
-linears where the CPU has bf16 matrix units, and the one-line note at start where it has none."""
+linears where the CPU has bf16 matrix units, and the one-line note at start where it has none.
+
+The packing and its dtype are checked whatever this CPU has: the tests override the detection (oneDNN runs
+bf16 without the units, only slower, on AVX-512 and avx_ne_convert CPUs), so a bf16 model prepacked as
+float32 fails here too, not only on a machine with AMX or AVX-512 BF16. Only where oneDNN refuses bf16
+weights altogether (plain AVX2) do the packing tests skip."""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from cli_helpers import FAST, assert_ok, read_results, run_cli
 
+from rosebench.engine import cpu_linear
 from rosebench.engine.config import MODEL_PRESETS, EngineConfig
 from rosebench.engine.cpu_linear import (
     BF16_MATRIX_UNITS,
@@ -27,6 +33,33 @@ from rosebench.runner.environment import environment
 CPU = torch.device("cpu")
 HAS_UNITS = bool(bf16_matrix_units())
 NOTE = "engine.dtype=bfloat16: this CPU"
+
+
+def onednn_takes_bf16() -> bool:
+    """Whether oneDNN reorders bf16 weights here: natively with the units, emulated (slower) on AVX-512
+    (bw, vl, dq) or avx_ne_convert CPUs without them; plain AVX2 refuses."""
+    if not prepack_supported(CPU, torch.float32):
+        return False
+    try:
+        torch.ops.mkldnn._reorder_linear_weight(torch.ones(8, 8, dtype=torch.bfloat16), 1)
+    except RuntimeError:
+        return False
+    return True
+
+
+needs_onednn_bf16 = pytest.mark.skipif(
+    not onednn_takes_bf16(), reason="oneDNN refuses bf16 weights on this CPU (AVX2 without avx_ne_convert)"
+)
+
+
+@pytest.fixture
+def claim_units(monkeypatch: pytest.MonkeyPatch):
+    """Override the detection: ``claim_units(True)`` says this CPU has AMX, ``claim_units(False)`` none."""
+
+    def claim(has_units: bool) -> None:
+        monkeypatch.setattr(cpu_linear, "bf16_matrix_units", lambda: ["amx_bf16"] if has_units else [])
+
+    return claim
 
 
 def cpuinfo_flags() -> set[str]:
@@ -64,6 +97,14 @@ def test_prepack_supported_follows_the_units() -> None:
     assert not prepack_supported(torch.device("cuda"), torch.bfloat16)
 
 
+@pytest.mark.parametrize("has_units", [True, False], ids=["units", "no_units"])
+def test_prepack_supported_follows_the_units_whatever_this_cpu_has(claim_units, has_units: bool) -> None:
+    claim_units(has_units)
+    assert prepack_supported(CPU, torch.float32)
+    assert prepack_supported(CPU, torch.bfloat16) == has_units
+    assert not prepack_supported(CPU, torch.float16)
+
+
 class CausalAttention:
     """A whole-prompt KV attention for the model alone, independent of the engine's caches."""
 
@@ -84,7 +125,16 @@ def tiny_logits(model: GPT2, ids: torch.Tensor) -> torch.Tensor:
         return model.logits(model(ids, positions, CausalAttention()))
 
 
-@pytest.mark.skipif(not HAS_UNITS, reason="oneDNN prepacks bf16 weights only on CPUs with bf16 units")
+def bf16_outputs(model: GPT2) -> list[torch.dtype]:
+    """Hooks that collect the dtype of every PackedLinear's output, in call order."""
+    dtypes: list[torch.dtype] = []
+    for module in model.modules():
+        if isinstance(module, PackedLinear):
+            module.register_forward_hook(lambda _module, _args, out: dtypes.append(out.dtype))
+    return dtypes
+
+
+@needs_onednn_bf16
 def test_prepacked_bf16_logits_match_unpacked_bf16() -> None:
     config = MODEL_PRESETS["tiny"]
     model = GPT2(config)
@@ -93,7 +143,11 @@ def test_prepacked_bf16_logits_match_unpacked_bf16() -> None:
     plain = copy.deepcopy(reference).to(torch.bfloat16)
     packed = copy.deepcopy(plain)
     prepack(packed, batch_hint=4)
-    assert sum(isinstance(m, PackedLinear) for m in packed.modules()) == 4 * config.n_layer + 1
+    linears = [m for m in packed.modules() if isinstance(m, PackedLinear)]
+    assert len(linears) == 4 * config.n_layer + 1
+    assert all(m.packed.dtype == torch.bfloat16 for m in linears)  # bf16 weights, not float32 ones
+    assert all(m.bias is None or m.bias.dtype == torch.bfloat16 for m in linears)
+    output_dtypes = bf16_outputs(packed)
     ids = torch.randint(0, config.vocab_size, (4, 24), generator=torch.Generator().manual_seed(1))
     want, plain_logits, packed_logits = (tiny_logits(m, ids) for m in (reference, plain, packed))
     # Both paths multiply the same bf16 weights and accumulate in float32; they differ in where they
@@ -103,6 +157,7 @@ def test_prepacked_bf16_logits_match_unpacked_bf16() -> None:
     # or bias (errors of the size of the logits themselves).
     torch.testing.assert_close(packed_logits, plain_logits, rtol=1.6e-2, atol=1e-2)
     torch.testing.assert_close(packed_logits, want, rtol=1.6e-2, atol=1e-2)
+    assert output_dtypes == [torch.bfloat16] * len(linears)
 
 
 def bf16_engine() -> Engine:
@@ -118,20 +173,23 @@ def generate(engine: Engine) -> list[int]:
     return list(seq.output_token_ids)
 
 
-@pytest.mark.skipif(not HAS_UNITS, reason="needs AMX or AVX-512 BF16 units")
-def test_bf16_engine_uses_prepacked_linears_with_units() -> None:
+@needs_onednn_bf16
+def test_bf16_engine_uses_prepacked_linears_with_units(claim_units) -> None:
+    claim_units(True)
     engine = bf16_engine()
     packed = [m for m in engine.model.modules() if isinstance(m, PackedLinear)]
     assert len(packed) == 4 * engine.model_config.n_layer + 1
     assert all(m.packed.dtype == torch.bfloat16 for m in packed)
+    output_dtypes = bf16_outputs(engine.model)
     assert len(generate(engine)) == 4
+    assert output_dtypes and set(output_dtypes) == {torch.bfloat16}
 
 
-@pytest.mark.skipif(HAS_UNITS, reason="this CPU has bf16 units: the engine prepacks")
-def test_bf16_engine_stays_unpacked_without_units() -> None:
+def test_bf16_engine_stays_unpacked_without_units(claim_units) -> None:
+    claim_units(False)
     engine = bf16_engine()
     assert not any(isinstance(m, PackedLinear) for m in engine.model.modules())
-    assert engine.model.blocks[0].mlp.fc1.weight.dtype == torch.bfloat16
+    assert all(p.dtype == torch.bfloat16 for p in engine.model.parameters())
     assert len(generate(engine)) == 4
 
 
