@@ -362,6 +362,58 @@ def test_repeated_runs_are_pooled_by_trial_a_over_a_passes_and_naive_fails(trial
     ), describe(worse)
 
 
+@pytest.mark.slow
+def test_seed_sets_the_bootstraps_draws(trial_sides: Path) -> None:
+    """``--seed``: the interval is the bootstrap drawn from that seed (the same every time)."""
+    for seed in ("0", "3"):
+        proc = compare(trial_sides, "a1", "a2", "--seed", seed, "--json", f"seed{seed}.json")
+        assert proc.returncode == 0, describe(proc)
+    intervals = {}
+    for seed in (0, 3):
+        throughput = throughput_of(trial_sides / f"seed{seed}.json")
+        expected = bootstrap_ratio(TRIAL_PASSES["a1"], TRIAL_PASSES["a2"], random.Random(seed))
+        assert [throughput["ci_low"], throughput["ci_high"]] == pytest.approx(list(expected), rel=1e-12)
+        intervals[seed] = expected
+    assert intervals[0] != intervals[3]
+
+
+@pytest.mark.slow
+def test_metric_picks_what_the_gate_judges(trial_sides: Path, tmp_path: Path) -> None:
+    """``--metric``: the same two sides pass the default throughput gate and fail an E2E latency gate
+    when only their E2E p50 passes are 1.5x slower."""
+    for name, side, scale in (("base", "a1", 1.0), ("slow_e2e", "a2", 1.5)):
+        shutil.copytree(trial_sides / side, tmp_path / name)
+        for run_dir, values in zip(trial_folders(tmp_path / name), TRIAL_PASSES["a1"], strict=True):
+            set_passes(run_dir, "e2e_ms_p50", [scale * v for v in values])
+    assert compare(tmp_path, "base", "slow_e2e", "--fail-if-worse", "5").returncode == 0
+    judged = compare(tmp_path, "base", "slow_e2e", "--fail-if-worse", "5", "--metric", "e2e_ms_p50")
+    assert judged.returncode == 1, describe(judged)
+    assert "rosebench.compare: e2e_ms_p50 worse by more than 5.0%: e2e_ms_p50: 1.500x" in judged.stderr
+    reversed_ = compare(tmp_path, "slow_e2e", "base", "--fail-if-worse", "5", "--metric", "e2e_ms_p50")
+    assert reversed_.returncode == 0, describe(reversed_)  # lower latency is better: no failure
+    line = error_line(compare(tmp_path, "base", "slow_e2e", "--metric", "e2e_ms_p42"))
+    assert line.startswith("rosebench.compare: error: --metric e2e_ms_p42: allowed values are "), line
+
+
+@pytest.mark.slow
+def test_log_goes_to_the_experiment_named(trial_sides: Path, tmp_path: Path) -> None:
+    """``--log --experiment NAME`` into a real SQLite store: the comparison run is in NAME, none in the
+    default experiment."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    sides = (str(trial_sides / "a1"), str(trial_sides / "a2"))
+    proc = compare(tmp_path, *sides, "--log", "--uri", uri, "--experiment", "pr-1234", "--json", "c.json")
+    assert proc.returncode == 0 and "not logged" not in proc.stderr, describe(proc)
+    client = MlflowClient(tracking_uri=uri)
+    assert client.get_experiment_by_name("rosebench-compare") is None
+    [run] = client.search_runs([client.get_experiment_by_name("pr-1234").experiment_id])
+    throughput = throughput_of(tmp_path / "c.json")
+    assert run.data.metrics["ratio/throughput_completion_tok_s"] == pytest.approx(throughput["ratio"])
+    assert run.data.metrics["ci_low/throughput_completion_tok_s"] == pytest.approx(throughput["ci_low"])
+    assert run.info.status == "FINISHED"
+
+
 # -- sides the gate must not judge ------------------------------------------------------------------------
 SMALL = (*FAST, "repeat=3", "num_requests=4", "max_new_tokens=4")
 
