@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 import rosebench
-from rosebench import Engine, EngineConfig, SamplingParams, generate, load_tokenizer
+from rosebench import Engine, EngineConfig, KVCacheConfig, SamplingParams, generate, load_tokenizer
 
 PROMPTS = ["Hello world", "The", "A longer prompt, of several tokens, than the others"]
 NEW_TOKENS = 6
@@ -54,3 +55,30 @@ def test_generate_defaults_to_sixteen_greedy_tokens_and_takes_no_prompt(hf_tiny_
     prompt = load_tokenizer().encode("Hello world")
     assert generate(engine, [prompt]) == [hf_greedy(hf_tiny_model, prompt, 16)]
     assert generate(engine, []) == []
+
+
+class _Memory:
+    available = 10 * 2**20  # what the engine reads of psutil.virtual_memory() on a CPU
+
+
+def test_memory_fraction_sizes_the_slots_and_refuses_one_that_holds_no_sequence(monkeypatch):
+    """engine.kv_cache.memory_fraction on a CPU with 10 MiB free (patched: this machine's free memory moves):
+    a tiny float32 slot of 256 positions is 2 (K, V) x 2 layers x 64 wide x 4 bytes x 256 = 256 KiB."""
+    import rosebench.engine.engine as engine_module
+
+    monkeypatch.setattr(engine_module.psutil, "virtual_memory", _Memory)
+    slot = 2 * 2 * 64 * 4 * 256
+
+    def engine(fraction: float, **kwargs) -> Engine:
+        kv = KVCacheConfig(memory_fraction=fraction)
+        return Engine(EngineConfig(model="tiny", device="cpu", max_num_seqs=8, kv_cache=kv), **kwargs)
+
+    assert engine(3.5 * slot / _Memory.available).max_num_seqs == 3  # whole slots only
+    assert engine(1.0).max_num_seqs == 8  # never more than max_num_seqs
+    with pytest.raises(ValueError) as refused:
+        engine(0.9 * slot / _Memory.available)
+    message = str(refused.value)
+    assert message.startswith(f"engine.kv_cache.memory_fraction={0.9 * slot / _Memory.available}: ")
+    assert "holds no sequence of max_model_len=256 (0 MiB each)" in message, message
+    with pytest.raises(ValueError, match="holds no sequence"):  # one slot, taken by the static decode's
+        engine(1.5 * slot / _Memory.available, static_decode=True)
