@@ -705,3 +705,56 @@ def test_multirun_submitit_local(tmp_path: Path) -> None:
         read_results(p.parent)["config"]["num_requests"] for p in (tmp_path / "sweep").glob("*/results.json")
     }
     assert found == {1, 2}, describe(proc)
+
+
+# -- issue 24: the gpt2-large preset and the summary's spread ---------------------------------------------
+def test_the_gpt2_large_preset_composes_with_gpt2_larges_shape(tmp_path: Path) -> None:
+    """``engine.model=gpt2-large`` (no engine group option of its own): Hydra composes it, the run's
+    config accepts it, and it builds GPT-2 large (774,030,080 parameters with the tied lm_head), here on
+    the meta device so that nothing is allocated."""
+    from hydra import compose, initialize_config_dir
+
+    from rosebench.conf_dir import conf_dir
+    from rosebench.config import load_config, register_configs
+    from rosebench.engine.model import GPT2
+    from rosebench.engine.weights import model_config
+
+    proc = run_cli(tmp_path, "engine.model=gpt2-large", "--cfg", "job")
+    assert_ok(proc)
+    assert yaml.safe_load(proc.stdout)["engine"]["model"] == "gpt2-large"
+    register_configs()
+    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
+        config = load_config(compose("config", overrides=["engine.model=gpt2-large", "tracking=off"]))
+    assert config.engine.model == "gpt2-large"
+    shape = model_config(config.engine.model, config.engine.weights)
+    assert (shape.n_layer, shape.n_embd, shape.n_head, shape.n_positions) == (36, 1280, 20, 1024)
+    with torch.device("meta"):
+        model = GPT2(shape)
+    assert sum(p.numel() for p in model.parameters()) == 774_030_080
+
+
+# Summary lines and the figure each shows, in the summary's own format.
+SPREAD_LINES = {
+    "elapsed total (s)": ("elapsed_total_s", "{:.3f}"),
+    "completion throughput (tok/s)": ("throughput_completion_tok_s", "{:.1f}"),
+    "request throughput (req/s)": ("request_throughput_req_s", "{:.2f}"),
+}
+
+
+def test_the_summary_shows_each_figure_plus_minus_the_std_of_its_passes(tmp_path: Path) -> None:
+    """With repeat=3 the console's ``± x`` is the population standard deviation of the run's three timed
+    passes (results.json's passes, computed here), in the line's own format."""
+    import statistics
+
+    proc = run_cli(tmp_path, *FAST, "repeat=3", "num_requests=2", "max_new_tokens=4", "hydra.run.dir=run")
+    assert_ok(proc)
+    results = read_results(tmp_path / "run")
+    assert len(results["passes"]) == 3
+    lines = proc.stdout.splitlines()
+    for label, (key, fmt) in SPREAD_LINES.items():
+        passes = [figures[key] for figures in results["passes"]]
+        mean, std = statistics.fmean(passes), statistics.pstdev(passes)
+        assert results["metrics_std"][key] == pytest.approx(std)
+        [line] = [line for line in lines if line.startswith(label)]
+        assert line[len(label) :].strip() == f"{fmt.format(mean)}  ± {fmt.format(std)}", line
+    assert "(mean of 3 timed passes; ± is their standard deviation)" in lines
