@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import statistics
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -18,6 +19,12 @@ import pytest
 import torch
 import yaml
 from cli_helpers import FAST, assert_ok, cli_env, describe, read_outputs, read_results, run_cli
+from hydra import compose, initialize_config_dir
+
+from rosebench.conf_dir import conf_dir
+from rosebench.config import load_config, register_configs
+from rosebench.engine.model import GPT2
+from rosebench.engine.weights import model_config
 
 EOS = 50256
 ROW_KEYS = {
@@ -707,18 +714,11 @@ def test_multirun_submitit_local(tmp_path: Path) -> None:
     assert found == {1, 2}, describe(proc)
 
 
-# -- issue 24: the gpt2-large preset and the summary's spread ---------------------------------------------
+# -- the gpt2-large preset and the summary's spread ---------------------------------------------------------
 def test_the_gpt2_large_preset_composes_with_gpt2_larges_shape(tmp_path: Path) -> None:
     """``engine.model=gpt2-large`` (no engine group option of its own): Hydra composes it, the run's
     config accepts it, and it builds GPT-2 large (774,030,080 parameters with the tied lm_head), here on
     the meta device so that nothing is allocated."""
-    from hydra import compose, initialize_config_dir
-
-    from rosebench.conf_dir import conf_dir
-    from rosebench.config import load_config, register_configs
-    from rosebench.engine.model import GPT2
-    from rosebench.engine.weights import model_config
-
     proc = run_cli(tmp_path, "engine.model=gpt2-large", "--cfg", "job")
     assert_ok(proc)
     assert yaml.safe_load(proc.stdout)["engine"]["model"] == "gpt2-large"
@@ -744,8 +744,6 @@ SPREAD_LINES = {
 def test_the_summary_shows_each_figure_plus_minus_the_std_of_its_passes(tmp_path: Path) -> None:
     """With repeat=3 the console's ``± x`` is the population standard deviation of the run's three timed
     passes (results.json's passes, computed here), in the line's own format."""
-    import statistics
-
     proc = run_cli(tmp_path, *FAST, "repeat=3", "num_requests=2", "max_new_tokens=4", "hydra.run.dir=run")
     assert_ok(proc)
     results = read_results(tmp_path / "run")
