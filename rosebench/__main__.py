@@ -177,7 +177,7 @@ def _record(results: RunResults, outcome: Outcome, run_dir: Path) -> None:
             warnings=outcome.profile.warnings,
         )
     run = results.run
-    run.contended = contended(results.passes)
+    run.contended = contended(results.metrics)
     run.status, run.ended_at = ("KILLED" if outcome.interrupted else "FINISHED"), _now()
     run.interrupted_during, run.profile_error = outcome.interrupted_during, outcome.profile_error
 
@@ -277,21 +277,30 @@ def _one_line_warning(
     return _python_warning_format(message, category, filename, lineno, line)
 
 
-def _group_options(group: str) -> list[str]:
-    """The options of a config group: its YAML files in conf/, and the nodes registered in code."""
+def _config_groups() -> dict[str, list[str]]:
+    """Each config group (not Hydra's own) and its options: YAML files in conf/, nodes registered in code."""
     from hydra.core.config_store import ConfigStore
 
     store = ConfigStore.instance()
-    files = [p.stem for p in (conf_dir() / group).glob("*.yaml")]
-    registered = [name.removesuffix(".yaml") for name in store.list(group)] if group in store.list("") else []
-    return sorted({*files, *registered})
+    in_code = {name: store.list(name) for name in store.list("") if "." not in name and name != "hydra"}
+    in_files = {p.name: [f.name for f in p.glob("*.yaml")] for p in conf_dir().iterdir() if p.is_dir()}
+    in_files.pop("hydra", None)
+    return {
+        group: sorted(
+            {name.removesuffix(".yaml") for name in [*in_code.get(group, []), *in_files.get(group, [])]}
+        )
+        for group in {*in_code, *in_files}
+    }
+
+
+_CHOICES = (ValueType.SIMPLE_CHOICE_SWEEP, ValueType.CHOICE_SWEEP)
 
 
 def _command_line_problem(args: list[str]) -> str | None:
     """What Hydra would refuse in a dozen lines (an option a group does not have: in a sweep, before any
     point runs) or run without a word (``~key`` brings the schema's default back), said in one line before
     anything is composed. None when the command line is fine, or when Hydra's own parser must say why."""
-    groups = [p.name for p in conf_dir().iterdir() if p.is_dir() and p.name != "hydra"] + ["workload"]
+    groups = _config_groups()
     for arg in args:
         try:
             [override] = parse_overrides([arg])
@@ -305,14 +314,11 @@ def _command_line_problem(args: list[str]) -> str | None:
         if key not in groups or override.value_type not in (*_CHOICES, ValueType.ELEMENT):
             continue
         values = override.sweep_string_iterator() if override.is_sweep_override() else [override.value()]
-        options = _group_options(key)
+        options = groups[key]
         for value in values:
             if str(value) not in options:
                 return f"{key}={value}: no such option (allowed: {', '.join(options)})"
     return None
-
-
-_CHOICES = (ValueType.SIMPLE_CHOICE_SWEEP, ValueType.CHOICE_SWEEP)
 
 
 # At import: a parallel sweep's workers import this module to run jobs, and never call main().

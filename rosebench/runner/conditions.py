@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 import psutil
@@ -130,7 +131,8 @@ def contention_warnings(passes: list[dict[str, float]]) -> list[str]:
     return lines
 
 
-def contended(passes: list[dict[str, float]]) -> bool | None:
-    """Whether any timed pass ran on a busy machine; None when none measured it."""
-    shares = [p["contention"] for p in passes if "contention" in p]
-    return max(shares) > CONTENDED_SHARE if shares else None
+def contended(metrics: Mapping[str, float]) -> bool | None:
+    """Whether the busiest timed pass (the run's ``contention_max``) ran on a busy machine; None when no pass
+    measured it."""
+    share = metrics.get("contention_max")
+    return None if share is None else share > CONTENDED_SHARE
