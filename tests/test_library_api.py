@@ -6,25 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
+from test_engine_correctness import hf_greedy
 
 import rosebench
 from rosebench import Engine, EngineConfig, KVCacheConfig, SamplingParams, generate, load_tokenizer
 
 PROMPTS = ["Hello world", "The", "A longer prompt, of several tokens, than the others"]
 NEW_TOKENS = 6
-
-
-def hf_greedy(hf_model, prompt: list[int], max_new_tokens: int) -> list[int]:
-    with torch.no_grad():
-        out = hf_model.generate(
-            torch.tensor([prompt]),
-            attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=hf_model.config.eos_token_id,
-        )
-    return out[0, len(prompt) :].tolist()
 
 
 def test_generate_gives_each_prompt_its_own_greedy_continuation_in_order(hf_tiny_dir: Path, hf_tiny_model):
