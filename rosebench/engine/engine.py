@@ -31,7 +31,12 @@ class RequestTooLongError(ValueError):
 
 
 class NonFiniteLogitsError(ValueError):
-    """The weights or the dtype make the model's output NaN or infinite: nothing it samples means anything."""
+    """The weights or the dtype make the model's output NaN or infinite: nothing it samples means anything.
+    ``seq_ids`` are the rows that were not finite (rows are independent, so the others' logits are good)."""
+
+    def __init__(self, message: str, seq_ids: list[int]) -> None:
+        super().__init__(message)
+        self.seq_ids = seq_ids
 
 
 @dataclass
@@ -268,7 +273,12 @@ class Engine:
                 self.placement.grow(seq)
             batch = self.placement.arrange(seqs)
             starts = [s.num_tokens - 1 for s in batch]
-            if self._static is not None and not self.layer_labels and len(batch) == self.num_running:
+            if (
+                self._static is not None
+                and not self.layer_labels
+                and len(batch) == self.num_running
+                and all(s.params.eos_allowed(len(s.output_token_ids)) for s in batch)
+            ):
                 next_ids = self._static_step(batch, starts)
                 self._postprocess(batch, starts, next_ids)
             else:
@@ -311,16 +321,31 @@ class Engine:
             logits = self.model.logits(hidden[torch.arange(len(seqs), device=device), last])
         # Checked at prefills only (one more sync each, none in decode): NaN weights or an overflowing
         # dtype show at the first step, instead of as a stream of token 0.
-        if check_finite and not bool(torch.isfinite(logits).all()):
-            raise NonFiniteLogitsError(
-                f"the model produced non-finite logits (NaN or inf) at a prefill of {len(seqs)} sequences: "
-                f"check engine.weights for NaN values, or engine.dtype={self.config.dtype} for overflow"
-            )
+        if check_finite:
+            self._check_finite(seqs, logits)
+        self._mask_early_eos(seqs, logits)
         next_ids = self.sampler(
             logits, [s.params for s in seqs], [self._seed(s) for s in seqs], [s.num_tokens for s in seqs]
         ).tolist()  # the step's one host-device sync
         self._postprocess(seqs, starts, next_ids)
         return next_ids
+
+    def _check_finite(self, seqs: list[Sequence], logits: torch.Tensor) -> None:
+        finite = torch.isfinite(logits).all(dim=-1)
+        if bool(finite.all()):
+            return
+        bad = [seq.seq_id for seq, ok in zip(seqs, finite.tolist()) if not ok]
+        raise NonFiniteLogitsError(
+            f"the model produced non-finite logits (NaN or inf) at a prefill, for {len(bad)} of {len(seqs)} "
+            f"sequences: check engine.weights for NaN values, or engine.dtype={self.config.dtype} for overflow",
+            bad,
+        )
+
+    def _mask_early_eos(self, seqs: list[Sequence], logits: torch.Tensor) -> None:
+        """EOS may not be drawn by a sequence short of its ``min_tokens``."""
+        rows = [i for i, s in enumerate(seqs) if not s.params.eos_allowed(len(s.output_token_ids))]
+        if rows and self.eos_token_id < logits.shape[-1]:
+            logits[torch.tensor(rows, device=logits.device), self.eos_token_id] = float("-inf")
 
     def _postprocess(self, seqs: list[Sequence], starts: list[int], next_ids: list[int]) -> None:
         with record_function("rosebench.engine.postprocess"):

@@ -27,10 +27,17 @@ class SamplingParams:
     top_p: float = 1.0
     seed: int | None = None  # None: request_seed(engine.seed, request id) when sampling is random
     ignore_eos: bool = False
+    # EOS cannot be sampled before this many tokens (vLLM's min_tokens): its logit is masked, so the text
+    # never holds an <|endoftext|> that did not end it.
+    min_tokens: int = 0
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens={self.max_new_tokens}: must be >= 1")
+        if not 0 <= self.min_tokens <= self.max_new_tokens:
+            raise ValueError(
+                f"sampling.min_tokens={self.min_tokens}: must be in [0, max_new_tokens={self.max_new_tokens}]"
+            )
         if not 0 <= self.temperature < math.inf:  # rejects NaN too
             raise ValueError(f"sampling.temperature={self.temperature}: must be finite and >= 0 (0 = greedy)")
         if self.seed is not None and not 0 <= self.seed < 2**32:
@@ -43,6 +50,10 @@ class SamplingParams:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
+
+    def eos_allowed(self, num_output_tokens: int) -> bool:
+        """Whether EOS may be sampled as output token ``num_output_tokens + 1``."""
+        return num_output_tokens >= self.min_tokens
 
 
 class SequenceStatus(enum.Enum):

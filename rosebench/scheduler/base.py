@@ -9,8 +9,8 @@ from collections.abc import Callable
 
 import torch
 
-from rosebench.engine.engine import Engine
-from rosebench.engine.sequence import Sequence
+from rosebench.engine.engine import Engine, NonFiniteLogitsError
+from rosebench.engine.sequence import Sequence, SequenceStatus
 from rosebench.scheduler.config import SchedulerConfig
 from rosebench.scheduler.records import PassResult, PassStats, RequestRecord
 from rosebench.workload.request import Request
@@ -19,14 +19,29 @@ StepHook = Callable[[str], None]  # called after every step with "prefill" or "d
 
 
 class BatchScheduler:
-    def __init__(self, engine: Engine, config: SchedulerConfig, on_step: StepHook | None = None) -> None:
+    """Owns the waiting queue, the running batch and each request's record.
+
+    ``fail_alone``: a prefill whose logits are not finite for some sequences ends those requests (finish
+    reason ``"error"``, the message in ``failed``) and requeues the others, instead of raising: a server
+    keeps serving. A benchmark pass leaves it off, so bad weights stop the run.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        config: SchedulerConfig,
+        on_step: StepHook | None = None,
+        fail_alone: bool = False,
+    ) -> None:
         self.engine = engine
         self.config = config
         self.max_batch_size = min(config.max_batch_size, engine.max_num_seqs)
         self.on_step = on_step
+        self.fail_alone = fail_alone
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.records: dict[int, RequestRecord] = {}
+        self.failed: dict[int, str] = {}  # request id -> why it failed (fail_alone)
         self.stats = PassStats()
         self._t0 = 0.0
 
@@ -67,6 +82,31 @@ class BatchScheduler:
     def has_unfinished(self) -> bool:
         return bool(self.waiting or self.running)
 
+    def abort(self, request_id: int) -> bool:
+        """End a waiting or running request now (finish reason ``"abort"``) and free its KV blocks; False
+        when it had already finished."""
+        for queue in (self.waiting, self.running):
+            for seq in queue:
+                if seq.seq_id == request_id:
+                    queue.remove(seq)
+                    self._end(seq, "abort")
+                    return True
+        return False
+
+    def release(self, request_id: int) -> RequestRecord:
+        """Hand over a finished request's record and forget it (a server's records must not grow)."""
+        self.failed.pop(request_id, None)
+        return self.records.pop(request_id)
+
+    def take_stats(self) -> PassStats:
+        """The step figures gathered since the last call, starting afresh (a server reads them each step)."""
+        stats, self.stats = self.stats, PassStats()
+        return stats
+
+    def seconds_since_start(self, perf_counter_s: float) -> float:
+        """A ``time.perf_counter()`` reading on this scheduler's clock."""
+        return perf_counter_s - self._t0
+
     def result(self) -> PassResult:
         kv = self.engine.kv_stats()
         self.stats.elapsed_total_s = self.now()
@@ -88,7 +128,13 @@ class BatchScheduler:
         else:
             return None
         start = self.now()
-        tokens = self.engine.prefill(seqs) if kind == "prefill" else self.engine.decode(seqs)
+        try:
+            tokens = self.engine.prefill(seqs) if kind == "prefill" else self.engine.decode(seqs)
+        except NonFiniteLogitsError as error:
+            if not self.fail_alone:
+                raise
+            self._fail_rows(seqs, error)
+            return kind
         end = self.now()
         self._record(kind, seqs, tokens, start, end)
         if self.on_step is not None:
@@ -136,6 +182,23 @@ class BatchScheduler:
             self.waiting.appendleft(victim)
             self.records[victim.seq_id].num_preemptions += 1
             self.stats.preemptions += 1
+
+    def _fail_rows(self, seqs: list[Sequence], error: NonFiniteLogitsError) -> None:
+        """End the sequences whose logits were not finite; the rest of the step is recomputed next step."""
+        for seq in reversed(seqs):  # reversed: appendleft keeps their order at the head of the queue
+            self.running.remove(seq)
+            if seq.seq_id in error.seq_ids:
+                self.failed[seq.seq_id] = str(error)
+                self._end(seq, "error")
+            else:
+                self.engine.preempt(seq)
+                self.waiting.appendleft(seq)
+
+    def _end(self, seq: Sequence, reason: str) -> None:
+        self.engine.free(seq)
+        seq.status, seq.finish_reason = SequenceStatus.FINISHED, reason
+        record = self.records[seq.seq_id]
+        record.finish_s, record.finish_reason = self.now(), reason
 
     def _record(self, kind: str, seqs: list[Sequence], tokens: list[int], start: float, end: float) -> None:
         elapsed = end - start

@@ -1,7 +1,8 @@
 """The `tracking` config node as a dataclass, free of MLflow imports: a run with tracking off stays light.
 
 A password in the tracking URI (``http://user:pass@host``) is used to connect and never written, printed
-or logged: ``redact_uri`` gives what appears instead."""
+or logged: ``redact_uri`` gives what appears instead. The same holds for the value of any ``api_key``
+(``serve.api_key``, ``target.api_key``) wherever it stands in text: ``redact`` takes out both."""
 
 from __future__ import annotations
 
@@ -35,10 +36,21 @@ def redact_uri(uri: str | None) -> str | None:
 _AUTHORITY = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*\\?://)(?P<authority>[^\s/?#'\"]+)")
 
 
+# An API key's value after its name: an override (serve.api_key=KEY), YAML (api_key: KEY), a dict's repr.
+_API_KEY = re.compile(
+    r"""(?P<name>\bapi_key['"]?\s*[=:]\s*)(?P<value>'[^']*'|"[^"]*"|[^\s,'"}\]]+)"""
+)
+
+
 def redact(text: str) -> str:
-    """``text`` with the password of every URI in it replaced by ``***``, where it stands: found by reading
-    each URI's authority (user info ends at its last ``@``), never by searching for the password's text,
-    which may be a short string found everywhere (``8``)."""
+    """``text`` with the password of every URI in it, and every ``api_key``'s value, replaced by ``***``,
+    where it stands: found by reading each URI's authority (user info ends at its last ``@``) and each key's
+    name, never by searching for the secret's text, which may be a short string found everywhere (``8``)."""
+
+    def hide_key(match: re.Match[str]) -> str:
+        if match["value"].strip("'\"") in ("null", "None", "~", ""):
+            return match[0]
+        return f"{match['name']}***"
 
     def hide(match: re.Match[str]) -> str:
         authority = match["authority"]
@@ -50,7 +62,7 @@ def redact(text: str) -> str:
             return match[0]
         return f"{match['scheme']}{user}:***@{host}"
 
-    return _AUTHORITY.sub(hide, text)
+    return _API_KEY.sub(hide_key, _AUTHORITY.sub(hide, text))
 
 
 def describe_error(error: BaseException) -> str:
