@@ -337,7 +337,8 @@ class Engine:
         bad = [seq.seq_id for seq, ok in zip(seqs, finite.tolist()) if not ok]
         raise NonFiniteLogitsError(
             f"the model produced non-finite logits (NaN or inf) at a prefill, for {len(bad)} of {len(seqs)} "
-            f"sequences: check engine.weights for NaN values, or engine.dtype={self.config.dtype} for overflow",
+            "sequences: check engine.weights for NaN values, or "
+            f"engine.dtype={self.config.dtype} for overflow",
             bad,
         )
 
