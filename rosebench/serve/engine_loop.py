@@ -32,9 +32,9 @@ from rosebench.workload.request import Request
 
 @dataclass
 class TokenEvent:
-    """What one engine step means to one request: its new token ids, and how it ended if it did.
-    ``finish_reason`` is ``stop`` or ``length``; ``error`` (with ``finish_reason`` ``error``) means the
-    request failed or the server ended it."""
+    """What one engine step means to one request: its new token ids, and how it ended if it did:
+    ``stop`` or ``length``; ``abort`` (its client went away, or the server stops: ``error`` says so); or
+    ``error`` (it failed: ``error`` says why)."""
 
     token_ids: list[int]
     finish_reason: str | None = None
@@ -96,7 +96,9 @@ class EngineLoop:
         its error. Safe from a signal handler."""
         if self._events is not None and not self._events.is_closed():
             self._events.call_soon_threadsafe(
-                self._events.call_later, delay_s, lambda: self._commands.put(lambda: self._end_all(reason))
+                self._events.call_later,
+                delay_s,
+                lambda: self._commands.put(lambda: self._end_all(reason, "abort")),
             )
 
     def start_profile(self, settings: ProfileSettings, out_dir: Path) -> Future[None]:
@@ -144,7 +146,7 @@ class EngineLoop:
                 self._publish_gauges()
         except BaseException as error:  # the server answers 503 from now on; each stream gets an error
             self.crashed = error
-            self._end_all(f"the engine loop failed: {type(error).__name__}: {error}")
+            self._end_all(f"the engine loop failed: {type(error).__name__}: {error}", "error")
             raise
 
     def _drain_commands(self, block: bool) -> None:
@@ -170,8 +172,9 @@ class EngineLoop:
             self._end(request_id)
             self._send([(live, TokenEvent([], "abort"))])
 
-    def _end_all(self, reason: str) -> None:
-        events = [(live, TokenEvent([], "error", reason)) for live in self._live.values()]
+    def _end_all(self, reason: str, finish_reason: str) -> None:
+        """End every request in flight: ``abort`` (the server stops: 503) or ``error`` (it failed: 500)."""
+        events = [(live, TokenEvent([], finish_reason, reason)) for live in self._live.values()]
         for request_id in list(self._live):
             self._end(request_id)
         self._live.clear()
@@ -183,7 +186,7 @@ class EngineLoop:
         self.metrics.request_ended("abort")
 
     def _request_stop(self) -> None:
-        self._end_all("the server is shutting down")
+        self._end_all("the server is shutting down", "abort")
         if self._profile is not None:
             self._stop_profile()
         self._stopping = True
