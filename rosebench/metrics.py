@@ -2,7 +2,13 @@
 
 Latency definitions follow vLLM's ``bench serve``: TTFT = first token - arrival; TPOT per request =
 (finish - first token) / (output tokens - 1), over requests with more than one output token; ITL = every
-gap between consecutive tokens of a request, pooled over requests; E2E = finish - arrival.
+gap between consecutive tokens of a request, pooled over requests; E2E = finish - arrival. Over HTTP a
+"token" time is a content chunk's (a chunk may carry several tokens: ITL is between chunks, TPOT divides by
+the server's token count) and arrival is when the request was sent.
+
+A failed request (over HTTP: an error status, a broken connection, a timeout) is counted in
+``failed_requests`` and adds nothing to the token counts, throughputs and latencies, which are over the
+requests that succeeded; in-process none fails.
 """
 
 from __future__ import annotations
@@ -21,28 +27,35 @@ PERCENTILES = (50, 90, 99)
 def pass_metrics(result: PassResult) -> dict[str, float]:
     """Every figure of one pass; ``cuda_*`` and ``peak_rss_mb`` only when the pass measured them."""
     records, stats = result.records, result.stats
-    prompt_tokens = sum(len(r.prompt_token_ids) for r in records)
-    completion_tokens = sum(len(r.output_token_ids) for r in records)
+    succeeded = [r for r in records if r.error is None]
+    prompt_tokens = sum(len(r.prompt_token_ids) for r in succeeded)
+    completion_tokens = sum(r.num_completion_tokens for r in succeeded)
     elapsed = stats.elapsed_total_s
     metrics: dict[str, float] = {
         "requests": float(len(records)),
+        "failed_requests": float(len(records) - len(succeeded)),
         "prompt_tokens": float(prompt_tokens),
         "completion_tokens": float(completion_tokens),
         "total_tokens": float(prompt_tokens + completion_tokens),
-        "elapsed_prefill_s": stats.elapsed_prefill_s,
-        "elapsed_decode_s": stats.elapsed_decode_s,
-        "elapsed_total_s": elapsed,
-        "throughput_completion_tok_s": _per_second(completion_tokens, elapsed),
-        "throughput_total_tok_s": _per_second(prompt_tokens + completion_tokens, elapsed),
-        "request_throughput_req_s": _per_second(len(records), elapsed),
     }
-    answered = [r for r in records if r.token_times_s]
+    metrics.update(
+        _present({"elapsed_prefill_s": stats.elapsed_prefill_s, "elapsed_decode_s": stats.elapsed_decode_s})
+    )
+    metrics.update(
+        {
+            "elapsed_total_s": elapsed,
+            "throughput_completion_tok_s": _per_second(completion_tokens, elapsed),
+            "throughput_total_tok_s": _per_second(prompt_tokens + completion_tokens, elapsed),
+            "request_throughput_req_s": _per_second(len(succeeded), elapsed),
+        }
+    )
+    answered = [r for r in succeeded if r.token_times_s]
     latencies_s = {
         "ttft": [r.token_times_s[0] - r.arrival_s for r in answered],
         "tpot": [
-            (_finish_s(r) - r.token_times_s[0]) / (len(r.token_times_s) - 1)
+            (_finish_s(r) - r.token_times_s[0]) / (r.num_completion_tokens - 1)
             for r in answered
-            if len(r.token_times_s) > 1
+            if r.num_completion_tokens > 1
         ],
         "itl": [b - a for r in answered for a, b in itertools.pairwise(r.token_times_s)],
         "e2e": [_finish_s(r) - r.arrival_s for r in answered],
@@ -59,18 +72,24 @@ def pass_metrics(result: PassResult) -> dict[str, float]:
         metrics["decode_step_ms_p50"] = percentile(step_ms, 50)
         metrics["decode_step_ms_mean"] = statistics.fmean(step_ms)
         metrics["mean_batch_size"] = statistics.fmean(stats.decode_batch_sizes)
-    metrics["peak_kv_blocks"] = float(stats.peak_kv_blocks)
-    metrics["kv_capacity_blocks"] = float(stats.kv_capacity_blocks)
-    queries = stats.prefix_cache_queries
-    metrics["prefix_cache_hit_rate"] = stats.prefix_cache_hits / queries if queries else 0.0
-    metrics["preemptions"] = float(stats.preemptions)
+    queries, hits = stats.prefix_cache_queries, stats.prefix_cache_hits
+    hit_rate = None if queries is None or hits is None else hits / queries if queries else 0.0
     optional = {
+        "peak_kv_blocks": stats.peak_kv_blocks,
+        "kv_capacity_blocks": stats.kv_capacity_blocks,
+        "prefix_cache_hit_rate": hit_rate,
+        "preemptions": stats.preemptions,
         "peak_rss_mb": stats.peak_rss_mb,
         "cuda_max_allocated_mb": stats.cuda_max_allocated_mb,
         "cuda_max_reserved_mb": stats.cuda_max_reserved_mb,
     }
-    metrics.update({k: float(v) for k, v in optional.items() if v is not None})
+    metrics.update(_present(optional))
     return metrics
+
+
+def _present(figures: dict[str, float | int | None]) -> dict[str, float]:
+    """The figures that were measured, as floats; None (not seen: the engine's own over HTTP) is left out."""
+    return {name: float(value) for name, value in figures.items() if value is not None}
 
 
 def aggregate(passes: list[dict[str, float]]) -> tuple[dict[str, float], dict[str, float]]:
@@ -104,6 +123,8 @@ def request_rows(result: PassResult, detokenize: Callable[[list[int]], str]) -> 
                 "finish_reason": r.finish_reason,
                 "num_cached_tokens": r.num_cached_tokens,
                 "num_preemptions": r.num_preemptions,
+                "completion_tokens": r.num_completion_tokens,  # over HTTP: the server's usage
+                "error": r.error,
             }
         )
     return rows

@@ -7,7 +7,7 @@ from rosebench.scheduler.records import PassResult, PassStats, RequestRecord
 
 LATENCIES = ("ttft", "tpot", "itl", "e2e")
 INTERFACE = {
-    "requests", "prompt_tokens", "completion_tokens", "total_tokens",
+    "requests", "failed_requests", "prompt_tokens", "completion_tokens", "total_tokens",
     "elapsed_prefill_s", "elapsed_decode_s", "elapsed_total_s",
     "throughput_completion_tok_s", "throughput_total_tok_s", "request_throughput_req_s",
     *(f"{name}_ms_{stat}" for name in LATENCIES for stat in ("mean", "p50", "p90", "p99")),
@@ -47,6 +47,7 @@ def test_metric_names_are_the_interface():
 def test_counts_and_throughput():
     m = pass_metrics(PassResult(records(), stats()))
     assert (m["requests"], m["prompt_tokens"], m["completion_tokens"], m["total_tokens"]) == (3, 6, 6, 12)
+    assert m["failed_requests"] == 0
     assert m["throughput_completion_tok_s"] == pytest.approx(6 / 2.0)
     assert m["throughput_total_tok_s"] == pytest.approx(12 / 2.0)
     assert m["request_throughput_req_s"] == pytest.approx(3 / 2.0)
@@ -154,3 +155,35 @@ def test_request_rows():
     assert rows[1]["ttft_ms"] == pytest.approx(300) and rows[1]["finish_reason"] == "stop"
     assert rows[3]["ttft_ms"] is None and rows[3]["e2e_ms"] is None and rows[3]["text"] == ""
     assert [r["num_preemptions"] for r in rows] == [0, 0, 0, 2]
+
+
+def test_a_failed_request_is_counted_and_adds_no_figure():
+    failed = RequestRecord(3, [1, 2, 3, 4], 0.0, [11], [0.05], finish_s=0.05, error="HTTP 500: boom")
+    with_failure = pass_metrics(PassResult([*records(), failed], stats()))
+    without = pass_metrics(PassResult(records(), stats()))
+    assert (with_failure["requests"], with_failure["failed_requests"]) == (4, 1)
+    same = set(without) - {"requests", "failed_requests"}
+    assert {k: with_failure[k] for k in same} == {k: without[k] for k in same}
+
+
+def test_tpot_and_completion_tokens_use_the_servers_count_not_the_chunks():
+    # Over HTTP one chunk may carry several tokens: 2 chunks carrying 5 tokens (the server's usage).
+    chunked = RequestRecord(0, [1], 0.0, [5, 6, 7, 8, 9], [0.1, 0.5], finish_s=0.5, completion_tokens=5)
+    m = pass_metrics(PassResult([chunked], stats()))
+    assert m["completion_tokens"] == 5
+    assert m["tpot_ms_mean"] == pytest.approx((0.5 - 0.1) / 4 * 1e3)
+    assert m["itl_ms_mean"] == pytest.approx(400)  # between the two chunks
+
+
+def test_engine_figures_not_seen_are_absent():
+    unseen = dict.fromkeys(
+        ("elapsed_prefill_s", "elapsed_decode_s", "preemptions", "peak_kv_blocks", "kv_capacity_blocks",
+         "prefix_cache_queries", "prefix_cache_hits", "peak_rss_mb"),
+    )  # fmt: skip
+    m = pass_metrics(PassResult(records(), stats(**unseen, decode_step_s=[], decode_batch_sizes=[])))
+    engine_only = {
+        "elapsed_prefill_s", "elapsed_decode_s", "decode_step_ms_p50", "decode_step_ms_mean",
+        "mean_batch_size", "peak_kv_blocks", "kv_capacity_blocks", "prefix_cache_hit_rate", "preemptions",
+        "peak_rss_mb",
+    }  # fmt: skip
+    assert set(m) == INTERFACE - engine_only

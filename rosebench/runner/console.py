@@ -4,6 +4,7 @@ from __future__ import annotations
 
 _LINES = [
     ("requests", "requests", "{:.0f}"),
+    ("failed requests", "failed_requests", "{:.0f}"),
     ("prompt tokens", "prompt_tokens", "{:.0f}"),
     ("completion tokens", "completion_tokens", "{:.0f}"),
     ("total tokens", "total_tokens", "{:.0f}"),
