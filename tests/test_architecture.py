@@ -85,3 +85,15 @@ def test_tracking_never_reads_the_engine() -> None:
 def test_comparison_needs_neither_torch_nor_mlflow():
     """Comparing two results.json files must work where neither is installed (a CI box, a laptop)."""
     assert offending([PACKAGE / "comparison.py"], ("torch", "mlflow")) == {}
+
+
+def test_the_server_is_a_leaf_beside_the_runner() -> None:
+    """Nothing outside ``rosebench.serve`` imports it (the runner starts it as a process and talks HTTP),
+    and it uses the engine and scheduler as the runner does, never the runner, the client or MLflow."""
+    outside = [p for p in PACKAGE.rglob("*.py") if "serve" not in p.relative_to(PACKAGE).parts]
+    assert offending(outside, ("rosebench.serve",)) == {}
+    assert offending(modules("serve"), ("rosebench.runner", "rosebench.target", "mlflow")) == {}
+
+
+def test_the_http_client_never_imports_the_server() -> None:
+    assert offending(modules("target"), ("rosebench.serve", "mlflow")) == {}
