@@ -411,7 +411,7 @@ def test_a_stream_longer_than_the_grace_period_ends_with_an_error_event(tmp_path
     ("override", "says"),
     [
         ("serve.port=65536", "serve.port=65536: must be in [0, 65535]"),
-        ("serve.max_queued=-1", "serve.max_queued=-1: must be >= 0"),
+        ("serve.max_queued=0", "serve.max_queued=0: must be >= 1"),
         ("serve.grace_s=-1", "serve.grace_s=-1.0: must be finite and >= 0"),
         ("serve.prot=1", "serve.prot: no such key in serve"),
         ("engine.model=gpt5", "engine.model=gpt5: allowed values are"),

@@ -32,8 +32,8 @@ class ServeSettings:
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"serve.port={self.port}: must be in [0, 65535] (0 = any free port)")
-        if self.max_queued < 0:
-            raise ValueError(f"serve.max_queued={self.max_queued}: must be >= 0")
+        if self.max_queued < 1:
+            raise ValueError(f"serve.max_queued={self.max_queued}: must be >= 1")
         if not 0 <= self.grace_s < math.inf:
             raise ValueError(f"serve.grace_s={self.grace_s}: must be finite and >= 0")
         if self.api_key == "":
