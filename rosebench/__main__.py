@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,6 +27,7 @@ from rosebench.files import write_atomic
 from rosebench.overrides import name_part, naming_overrides, parse_overrides, swept_keys
 from rosebench.results import RESULTS_FILE, ProfileRecord, RunInfo, RunResults
 from rosebench.signals import STOP_MARK, stop_signals_as_interrupt
+from rosebench.target.settings import REDACTED
 from rosebench.tracking.run_folder import TRACKING_RECORD, TrackingRecord
 from rosebench.tracking.settings import TrackingSettings, redact, redact_logs, redact_uri
 
@@ -89,14 +91,6 @@ def _warn_parallel_launcher() -> None:
 
 
 def benchmark(config: RunConfig) -> dict[str, float]:
-    # Imported here so that `--help` and config errors stay fast (no torch).
-    from rosebench import metrics
-    from rosebench.results import OUTPUTS_FILE, outputs_text
-    from rosebench.runner.benchmark import prepare, run_passes
-    from rosebench.runner.conditions import contention_warnings
-    from rosebench.runner.console import summary_table
-    from rosebench.runner.environment import environment
-
     hc = HydraConfig.get()
     if hc.mode == RunMode.MULTIRUN and (Path(hc.sweep.dir) / STOP_MARK).exists():
         print("rosebench: the sweep was stopped; this point does not start", file=sys.stderr)
@@ -104,17 +98,45 @@ def benchmark(config: RunConfig) -> dict[str, float]:
     run_dir = Path(hc.runtime.output_dir)
     redact_logs()
     _scrub_hydra_files(run_dir)
-    setup = prepare(config)
+    with _prepared(config, run_dir) as (setup, run_passes):
+        return _measure(config, setup, run_passes, run_dir)
+
+
+@contextlib.contextmanager
+def _prepared(config: RunConfig, run_dir: Path) -> Iterator[tuple[Any, Callable[[Any, Path], Outcome]]]:
+    """The run's setup and the function that runs its passes: the engine in this process (target=engine),
+    or a server over HTTP (target=serve starts it here, and it is stopped on every way out of the block)."""
+    # Imported here so that `--help` and config errors stay fast (no torch).
+    if config.target.kind == "engine":
+        from rosebench.runner.benchmark import prepare, run_passes
+
+        yield prepare(config), run_passes
+        return
+    from rosebench.runner.remote import remote_target, run_remote_passes
+
+    with remote_target(config, run_dir) as setup:
+        yield setup, run_remote_passes
+
+
+def _measure(
+    config: RunConfig, setup: Any, run_passes: Callable[[Any, Path], Outcome], run_dir: Path
+) -> dict[str, float]:
+    from rosebench import metrics
+    from rosebench.results import OUTPUTS_FILE, outputs_text
+    from rosebench.runner.conditions import contention_warnings
+    from rosebench.runner.console import summary_table
+
+    hc = HydraConfig.get()
     if hc.mode == RunMode.MULTIRUN:
         _warn_parallel_launcher()
     model = setup.model()
     results = RunResults(
-        config=asdict(setup.config),
-        environment=environment(setup.engine.device),
+        config=_public_config(asdict(setup.config), config),
+        environment=setup.environment(),
         run=_run_info(config, model["short"]),
         model=model,
+        target=setup.target_record(),
     )
-    results.config["tracking"]["uri"] = redact_uri(config.tracking.uri)
     results.run.overrides = [redact(o) for o in results.run.overrides]
     tracked = _tracked_run(config.tracking, run_dir, results.run)
     with tracked or contextlib.nullcontext():
@@ -126,9 +148,9 @@ def benchmark(config: RunConfig) -> dict[str, float]:
             _write_files(run_dir, {RESULTS_FILE: results.to_json()}, results, tracked)
             raise
         _record(results, outcome, run_dir)
+        results.target = setup.target_record()  # with what the passes learnt (where counts came from)
         if outcome.passes:  # printed before any file is written: a full disk must not hide the figures
-            on = f"{setup.engine.device} ({config.engine.dtype})"
-            title = f"rosebench {results.run.name}: {model['label']} on {on}"
+            title = f"rosebench {results.run.name}: {model['label']} on {setup.where()}"
             print(summary_table(title, results.metrics, results.metrics_std, len(outcome.passes)))
             for line in contention_warnings(results.passes):
                 print(f"rosebench: warning: {line}", file=sys.stderr)
@@ -161,6 +183,20 @@ def benchmark(config: RunConfig) -> dict[str, float]:
     if unwritten:
         raise SystemExit(1)
     return results.metrics
+
+
+def _public_config(resolved: dict[str, Any], config: RunConfig) -> dict[str, Any]:
+    """The config as results.json, MLflow and the console show it: secrets out (a tracking URI's password,
+    target.url's, target.api_key), and no engine for target=http (the server's engine is not this one)."""
+    resolved["tracking"]["uri"] = redact_uri(config.tracking.uri)
+    target = resolved["target"]
+    if target.get("url") is not None:
+        target["url"] = redact_uri(target["url"])
+    if target.get("api_key") is not None:
+        target["api_key"] = REDACTED
+    if target["kind"] == "http":
+        del resolved["engine"]
+    return resolved
 
 
 def _record(results: RunResults, outcome: Outcome, run_dir: Path) -> None:

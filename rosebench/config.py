@@ -23,12 +23,15 @@ from rosebench.engine.sequence import SamplingParams
 from rosebench.overrides import override_values
 from rosebench.profiling.settings import ProfileSettings
 from rosebench.scheduler.config import SchedulerConfig
+from rosebench.target.settings import TARGET_KINDS, EngineTarget
 from rosebench.tracking.settings import TrackingSettings
 from rosebench.workload.build import WORKLOAD_KINDS
 
 MODES = ("offline", "online")
 SEED_LIMIT = 2**32  # seeds stay far from int64 overflow when offset by request ids
 MAX_REQUESTS = 1_000_000  # a pass keeps every request's prompt and timeline in memory
+# Groups whose options are one dataclass per kind, registered in code: {group: {kind: dataclass}}.
+KIND_GROUPS: dict[str, dict[str, type]] = {"workload": WORKLOAD_KINDS, "target": TARGET_KINDS}
 
 
 class ConfigError(ValueError):
@@ -50,11 +53,16 @@ class RunConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)
     sampling: SamplingParams = field(default_factory=SamplingParams)
     workload: Any = MISSING  # one of WORKLOAD_KINDS, chosen with workload=KIND
+    # One of TARGET_KINDS, chosen with target=KIND (conf/config.yaml picks engine). MISSING in the schema, as
+    # workload, because a group option of another kind cannot merge into a node typed by a default.
+    target: Any = MISSING
     profile: ProfileSettings = field(default_factory=ProfileSettings)
     tracking: TrackingSettings = field(default_factory=TrackingSettings)
 
     def __post_init__(self) -> None:
         check_run_keys(self)
+        if self.target == MISSING:  # built in code (the library, tests): the engine in this process
+            self.target = EngineTarget()
 
 
 def check_run_keys(run: Any) -> None:
@@ -77,11 +85,13 @@ def check_run_keys(run: Any) -> None:
 
 
 def register_configs() -> None:
-    """The schema of the primary config and one ``workload`` option per kind (no YAML needed for those)."""
+    """The schema of the primary config and one ``workload`` and ``target`` option per kind (no YAML needed
+    for those)."""
     store = ConfigStore.instance()
     store.store(name="rosebench_schema", node=RunConfig)
-    for kind, node in WORKLOAD_KINDS.items():
-        store.store(group="workload", name=kind, node=node)
+    for group, kinds in KIND_GROUPS.items():
+        for kind, node in kinds.items():
+            store.store(group=group, name=kind, node=node)
 
 
 def load_config(cfg: DictConfig, overrides: Sequence[str] = ()) -> RunConfig:
@@ -119,11 +129,11 @@ def unknown_keys(node: DictConfig, path: str = "") -> list[str]:
 
 def _node_name(path: str, schema: type) -> str:
     """How a user names the node: ``workload=fixed`` for a group option, ``engine`` or ``the config``."""
-    if path == "workload.":
-        kind = next((k for k, node in WORKLOAD_KINDS.items() if node is schema), None)
-        if kind is not None:
-            return f"workload={kind}"
-    return path.rstrip(".") or "the config"
+    group = path.rstrip(".")
+    kind = next((k for k, node in KIND_GROUPS.get(group, {}).items() if node is schema), None)
+    if kind is not None:
+        return f"{group}={kind}"
+    return group or "the config"
 
 
 def _one_max_new_tokens(cfg: DictConfig, typed: dict[str, str]) -> None:

@@ -27,8 +27,9 @@ def swept_keys(overrides: Iterable[str]) -> list[str]:
     return [o.key_or_group for o in parse_overrides(overrides) if o.is_sweep_override()]
 
 
-# Keys that say nothing about what was measured: the store results went to, Hydra's own settings.
-_UNNAMED = ("tracking.uri",)
+# Keys that say nothing about what was measured: the store results went to, a server's credentials, Hydra's
+# own settings.
+_UNNAMED = ("tracking.uri", "target.api_key")
 
 
 def naming_overrides(overrides: Iterable[str]) -> list[Override]:

@@ -86,6 +86,9 @@ class RunResults:
     metrics_std: dict[str, float] = field(default_factory=dict)
     passes: list[dict[str, float]] = field(default_factory=list)  # each timed pass's own figures
     profile: ProfileRecord | None = None
+    # target=serve|http: what served the requests (kind, URL without credentials, the server's model id,
+    # the prompt form sent) and where token counts came from; None in-process.
+    target: dict[str, Any] | None = None
     format_version: int = FORMAT_VERSION
 
     @property
@@ -109,6 +112,7 @@ class RunResults:
             metrics_std=data.get("metrics_std", {}),
             passes=data.get("passes", []),
             profile=ProfileRecord.from_dict(profile) if profile else None,
+            target=data.get("target"),
             format_version=data.get("format_version", 1),
         )
 
@@ -137,6 +141,7 @@ def _json_safe(value: Any) -> Any:
 
 
 OUTPUTS_FILE = "outputs.jsonl"
+ERRORS_FILE = "errors.jsonl"  # over HTTP: the first failed requests, with their status and the server's body
 
 
 def outputs_text(rows: list[dict[str, Any]]) -> str:

@@ -27,6 +27,7 @@ from rosebench.engine.tokenizer import detokenize, load_tokenizer, vocabulary_no
 from rosebench.engine.weights import model_config
 from rosebench.profiling.session import ProfileResult, ProfileSession
 from rosebench.runner.conditions import ConditionsProbe
+from rosebench.runner.environment import environment
 from rosebench.scheduler.base import BatchScheduler
 from rosebench.scheduler.offline import OfflineScheduler
 from rosebench.scheduler.online import OnlineScheduler
@@ -64,6 +65,17 @@ class Setup:
             "vocab_size": m.vocab_size,
             "parameters": self.engine.num_parameters,
         }
+
+    def environment(self) -> dict[str, Any]:
+        return environment(self.engine.device)
+
+    def where(self) -> str:
+        """What ran the requests, for the summary's title."""
+        return f"{self.engine.device} ({self.config.engine.dtype})"
+
+    def target_record(self) -> None:
+        """results.json's ``target`` block: none in-process (remote.RemoteSetup fills one)."""
+        return None
 
 
 @dataclass

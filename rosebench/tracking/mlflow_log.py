@@ -14,7 +14,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID
 from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH, MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
 
-from rosebench.results import HEADLINE_METRICS, OUTPUTS_FILE, RESULTS_FILE, RunResults
+from rosebench.results import ERRORS_FILE, HEADLINE_METRICS, OUTPUTS_FILE, RESULTS_FILE, RunResults
 from rosebench.tracking.run_folder import config_params, flatten, read_run
 from rosebench.tracking.settings import TrackingSettings
 from rosebench.tracking.store import connect, get_or_create_experiment, resolve_tracking_uri
@@ -134,6 +134,8 @@ def _log_artifacts(client: MlflowClient, run_id: str, run_dir: Path, texts: Mapp
             client.log_text(run_id, texts[name], name)
         elif (run_dir / name).is_file():
             client.log_artifact(run_id, str(run_dir / name))
+    if (run_dir / ERRORS_FILE).is_file():  # written by the runner as requests to a server failed
+        client.log_artifact(run_id, str(run_dir / ERRORS_FILE))
     for job_log in sorted(run_dir.glob("*.log")):
         if job_log.stat().st_size:  # Hydra's job log is empty unless something was logged
             client.log_artifact(run_id, str(job_log))
