@@ -187,7 +187,8 @@ def _measure(
 
 def _public_config(resolved: dict[str, Any], config: RunConfig) -> dict[str, Any]:
     """The config as results.json, MLflow and the console show it: secrets out (a tracking URI's password,
-    target.url's, target.api_key), and no engine for target=http (the server's engine is not this one)."""
+    target.url's, target.api_key); for target=http, no engine and no batch limits (the server's are not
+    this config's), so that what is recorded is what ran."""
     resolved["tracking"]["uri"] = redact_uri(config.tracking.uri)
     target = resolved["target"]
     if target.get("url") is not None:
@@ -196,6 +197,8 @@ def _public_config(resolved: dict[str, Any], config: RunConfig) -> dict[str, Any
         target["api_key"] = REDACTED
     if target["kind"] == "http":
         del resolved["engine"]
+        for engine_side in ("max_batch_size", "max_batched_tokens"):
+            del resolved["scheduler"][engine_side]
     return resolved
 
 

@@ -103,6 +103,7 @@ def test_http_target_is_one_mlflow_run_with_an_engine_runs_metric_names(
     }
     assert remote["model"]["short"] == MOCK_MODEL and remote["environment"]["device"] == "remote"
     assert "engine" not in remote["config"] and remote["config"]["target"]["api_key"] == "***"
+    assert "max_batch_size" not in remote["config"]["scheduler"]  # the server's own limit, not this config's
     assert remote["profile"] is None and not (tmp_path / "http" / "errors.jsonl").exists()
     rows = read_outputs(tmp_path / "http")
     assert [r["request_id"] for r in rows] == [0, 1, 2, 3]
