@@ -165,6 +165,7 @@ def test_models_health_and_metric_names(client: openai.OpenAI, server: Server, h
     [model] = client.models.list().data
     assert model.id == str(hf_tiny_dir) and model.model_extra["max_model_len"] == 256
     assert httpx.get(f"{server.url}/health").status_code == 200
+    client.completions.create(model="m", prompt="x", max_tokens=1)  # a request has ended, by some reason
     text = httpx.get(f"{server.url}/metrics").text
     for name in (
         "vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc",

@@ -1,9 +1,9 @@
 """``python -m rosebench.serve [overrides]``: compose the config, build the engine, serve it over HTTP.
 
-When it listens, it writes ``server.json`` (its URL, pid and model id) into its folder; that is how
-``target=serve`` finds a server started on ``serve.port=0``. SIGINT or SIGTERM: it stops accepting, lets
-in-flight streams finish within ``serve.grace_s``, ends the rest with a final error event, and exits
-128 + the signal's number.
+When it listens, it writes ``server.json`` (its URL, pid, model id and resolved engine config) into its
+folder; that is how ``target=serve`` finds a server started on ``serve.port=0``. SIGINT or SIGTERM: it
+stops accepting, lets in-flight streams finish within ``serve.grace_s``, ends the rest with a final error
+event, and exits 128 + the signal's number.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import signal
 import socket
 import sys
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -96,10 +97,10 @@ def _listen(host: str, port: int) -> socket.socket:
 
 
 def _announce(out_dir: Path, url: str, config: ServeConfig, engine: Engine) -> None:
-    write_atomic(
-        out_dir / SERVER_FILE,
-        json.dumps({"url": url, "pid": os.getpid(), "model": config.model_name}) + "\n",
-    )
+    # The engine's resolved config (context, slots, block budget, CUDA graphs): what a run's results
+    # record as the engine that ran, as in-process.
+    about = {"url": url, "pid": os.getpid(), "model": config.model_name, "engine": asdict(engine.config)}
+    write_atomic(out_dir / SERVER_FILE, json.dumps(about) + "\n")
     print(
         f"rosebench.serve: {config.model_name} on {engine.device} ({config.engine.dtype}) at {url}; "
         f"folder {out_dir}",

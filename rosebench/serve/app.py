@@ -124,6 +124,12 @@ def build_app(state: ServerState) -> FastAPI:
         max_tokens = body.max_tokens_asked or max(1, state.max_model_len - len(prompt_ids))
         return await _generate(state, request, body, prompt_ids, max_tokens, "messages", chat=True)
 
+    @app.post("/reset_prefix_cache")
+    async def reset_prefix_cache(request: Request) -> Response:
+        _authorize(state, request)
+        await _answer(state.loop.reset_prefix_cache())
+        return Response(status_code=200)
+
     @app.post("/start_profile")
     async def start_profile(request: Request) -> dict[str, Any]:
         _authorize(state, request)
@@ -150,7 +156,8 @@ def build_app(state: ServerState) -> FastAPI:
 
 
 async def _answer(future: Any) -> Any:
-    """A command's result from the engine loop; its refusal (a profile already on) is a 400."""
+    """A command's result from the engine loop; its refusal (a profile already on, requests in flight
+    at a prefix-cache reset) is a 400."""
     try:
         return await asyncio.wrap_future(future)
     except RuntimeError as error:

@@ -107,6 +107,10 @@ class EngineLoop:
     def stop_profile(self) -> Future[ProfileResult | None]:
         return self._call(self._stop_profile)
 
+    def reset_prefix_cache(self) -> Future[None]:
+        """Forget every cached block (a benchmark's passes start cold); refused while requests run."""
+        return self._call(self._reset_prefix_cache)
+
     def stop(self, timeout_s: float = 10.0) -> None:
         """End the loop (after ``end_all``, nothing is in flight) and wait for its thread."""
         self._commands.put(self._request_stop)
@@ -233,6 +237,12 @@ class EngineLoop:
         self.engine.layer_labels = False
         session.__exit__(None, None, None)
         return session.result
+
+    def _reset_prefix_cache(self) -> None:
+        if self._scheduler.has_unfinished():
+            raise RuntimeError(f"{len(self._live)} requests are in flight: reset the prefix cache when idle")
+        self.engine.clear_cache()
+        self._prefix_seen = (0, 0)  # the new block manager counts from zero
 
     # -- Prometheus ----------------------------------------------------------------------------------
     def _observe_step(self, stats: PassStats) -> None:
