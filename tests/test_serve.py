@@ -448,3 +448,14 @@ def test_text_streams_in_whole_characters() -> None:
     with_stop = TextStream(load_tokenizer(), stop=["テキ"])
     assert "".join([with_stop.push([t]) for t in ids] + [with_stop.finish()]) == "naïve café — 日本語の"
     assert with_stop.stopped
+
+
+def test_reset_prefix_cache_empties_it_when_idle(server: Server, client: openai.OpenAI) -> None:
+    prompt = [11] * 40  # two full blocks of 16
+    client.completions.create(model="m", prompt=prompt, max_tokens=2)
+    hits = server.metric("vllm:prefix_cache_hits_total")
+    client.completions.create(model="m", prompt=prompt, max_tokens=2)
+    assert server.metric("vllm:prefix_cache_hits_total") == hits + 32  # the premise: it was cached
+    assert httpx.post(f"{server.url}/reset_prefix_cache").status_code == 200
+    client.completions.create(model="m", prompt=prompt, max_tokens=2)
+    assert server.metric("vllm:prefix_cache_hits_total") == hits + 32  # nothing hit after the reset
