@@ -37,9 +37,7 @@ _AUTHORITY = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*\\?://)(?P<authority
 
 
 # An API key's value after its name: an override (serve.api_key=KEY), YAML (api_key: KEY), a dict's repr.
-_API_KEY = re.compile(
-    r"""(?P<name>\bapi_key['"]?\s*[=:]\s*)(?P<value>'[^']*'|"[^"]*"|[^\s,'"}\]]+)"""
-)
+_API_KEY = re.compile(r"""(?P<name>\bapi_key['"]?\s*[=:]\s*)(?P<value>'[^']*'|"[^"]*"|[^\s,'"}\]]+)""")
 
 
 def redact(text: str) -> str:
