@@ -414,7 +414,8 @@ def test_a_stream_longer_than_the_grace_period_ends_with_an_error_event(tmp_path
         ("serve.port=65536", "serve.port=65536: must be in [0, 65535]"),
         ("serve.max_queued=0", "serve.max_queued=0: must be >= 1"),
         ("serve.grace_s=-1", "serve.grace_s=-1.0: must be finite and >= 0"),
-        ("serve.prot=1", "serve.prot: no such key in serve"),
+        ("serve.prot=1", "Key 'prot' not in 'ServeSettings'"),  # Hydra's own message for a typo
+        ("+serve.prot=1", "serve.prot: no such key in serve"),  # a key added with +: nothing would read it
         ("engine.model=gpt5", "engine.model=gpt5: allowed values are"),
     ],
 )

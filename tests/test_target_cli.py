@@ -272,6 +272,24 @@ def test_ctrl_c_mid_pass_keeps_finished_passes_and_leaves_no_server(tmp_path: Pa
     assert pid and not psutil.pid_exists(pid[0])
 
 
+def test_a_runner_killed_by_sigkill_leaves_no_server(tmp_path: Path) -> None:
+    """SIGKILL gives the runner no chance to stop its server: the server ends itself when its parent dies."""
+    proc = start_cli(tmp_path, "target=serve", *FAST, "repeat=3", "mode=online", "scheduler.request_rate=4",
+                     "num_requests=12", "max_new_tokens=8", "hydra.run.dir=run")  # fmt: skip
+    pid: list[int] = []
+
+    def kill() -> None:
+        pid.append(server_pid(tmp_path / "run"))
+        proc.send_signal(signal.SIGKILL)
+
+    act_at_line(proc, "rosebench: pass 1/3:", kill)
+    assert proc.returncode == -signal.SIGKILL
+    deadline = time.monotonic() + 30
+    while psutil.pid_exists(pid[0]) and psutil.Process(pid[0]).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline, "the server outlived its killed runner"
+        time.sleep(0.1)
+
+
 def test_http_target_against_rosebench_serve_started_apart(tmp_path: Path) -> None:
     server = start_server(tmp_path / "server", "engine=tiny")
     try:

@@ -8,6 +8,7 @@ event, and exits 128 + the signal's number.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
@@ -15,6 +16,7 @@ import socket
 import sys
 from collections.abc import Callable
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -35,6 +37,9 @@ if TYPE_CHECKING:
     from rosebench.serve.app import ServerState
 
 SERVER_FILE = "server.json"
+# Set by the runner (target=serve) to its pid: a server started for a run ends with it.
+PARENT_ENV = "ROSEBENCH_SERVE_PARENT_PID"
+_PR_SET_PDEATHSIG = 1
 register_serve_config()
 
 
@@ -49,12 +54,16 @@ def serve(config: ServeConfig, out_dir: Path) -> int:
 
     settings = config.serve
     tokenizer = load_tokenizer()
+    loop = EngineLoop(
+        partial(Engine, config.engine, eos_token_id=tokenizer.eot_token),
+        config.scheduler,
+        ServerMetrics(config.model_name),
+    )
     try:
         listener = _listen(settings.host, settings.port)
-        engine = Engine(config.engine, eos_token_id=tokenizer.eot_token)
+        engine = loop.start()
     except (OSError, ValueError) as error:
         raise ConfigError(str(error)) from None
-    loop = EngineLoop(engine, config.scheduler, ServerMetrics(config.model_name))
     state = ServerState(
         loop=loop,
         tokenizer=tokenizer,
@@ -144,6 +153,17 @@ class _Server(uvicorn.Server):
         self.should_exit = True
 
 
+def _end_with_parent() -> None:
+    """A server started for a run must not outlive it, even when the runner is killed with SIGKILL and
+    cannot stop it: the kernel sends this process SIGTERM (its drain) when the runner dies (Linux)."""
+    parent = os.environ.get(PARENT_ENV)
+    if parent is None or not sys.platform.startswith("linux"):
+        return
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != int(parent):  # it died before the line above took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="serve")
 def _hydra_main(cfg: DictConfig) -> None:
     os.chdir(HydraConfig.get().runtime.cwd)  # engine.weights stays relative to where the user launched
@@ -165,6 +185,7 @@ def _scrub_secrets(out_dir: Path) -> None:
 
 
 def main() -> None:
+    _end_with_parent()
     _hydra_main()
 
 

@@ -67,7 +67,7 @@ class ServerState:
 def build_app(state: ServerState) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state.loop.start(asyncio.get_running_loop())
+        state.loop.attach(asyncio.get_running_loop())
         yield
         state.loop.stop()
 

@@ -103,6 +103,8 @@ class LocalServer:
         # The server reads $ROSEBENCH_API_KEY when serve.api_key is null: one started for a run on loopback
         # needs no key, and the runner would not send it.
         env = {k: v for k, v in os.environ.items() if k != "ROSEBENCH_API_KEY"}
+        # rosebench.serve ends itself when this process dies, even by SIGKILL (its PARENT_ENV).
+        env["ROSEBENCH_SERVE_PARENT_PID"] = str(os.getpid())
         with open(self.log_path, "ab") as log:  # the child keeps its own copy of the descriptor
             self.process = subprocess.Popen(
                 self.command,
