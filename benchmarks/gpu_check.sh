@@ -9,6 +9,9 @@
 #    at batch 16, each run with a profiled pass (completion tok/s, decode step p50, device idle fraction).
 # 3. The README's `python -m rosebench mode=online profile.enabled=true`, with its trace summary, the
 #    kineto lines left on its stderr (none expected) and its contention figure.
+# 4. The same engine over HTTP on the GPU (target=serve: rosebench.serve builds its engine and its CUDA
+#    graphs on the engine loop's thread), profiled through /start_profile, beside target=engine; skipped
+#    with a line when fastapi/uvicorn/aiohttp/prometheus-client are missing (carry their wheels too).
 # Then one table. Runs use tracking=off (MLflow is not needed); their folders stay under $OUT (or a
 # temporary folder), named in the table. A machine without hydra-core/omegaconf can install them from
 # wheels first: pip install --no-deps -e . && pip install --no-index --find-links WHEELS hydra-core.
@@ -38,8 +41,17 @@ for batch in 64 16; do
     run "b${batch}_graphs_${graphs}" "${WORKLOAD[@]}" scheduler.max_batch_size=$batch engine.cuda_graphs=$graphs
   done
 done
-echo "== 3/3 the README's profiled online run" >&2
+echo "== 3/4 the README's profiled online run" >&2
 run online_profiled mode=online profile.enabled=true tracking=off
+echo "== 4/4 the engine over HTTP" >&2
+if python -c "import fastapi, uvicorn, aiohttp, prometheus_client" 2>/dev/null; then
+  SERVE=(mode=online num_requests=64 max_new_tokens=256 sampling.ignore_eos=true engine.dtype=bfloat16
+    scheduler.max_batch_size=16 warmup=1 repeat=3 tracking=off)
+  run serve_engine "${SERVE[@]}" target=engine
+  run serve_http "${SERVE[@]}" target=serve profile.enabled=true profile.active=8
+else
+  echo "gpu_check: no fastapi/uvicorn/aiohttp/prometheus-client here: the serving check is skipped" >&2
+fi
 
 python - "$out" <<'EOF'
 import json, sys
@@ -53,7 +65,9 @@ print((out / "pytest_status.txt").read_text().strip() + ": " + (out / "pytest.tx
 header = f"{'run':<22}{'tok/s':>10}{'step p50 ms':>13}{'idle':>8}{'kern/step':>11}{'capture s':>11}{'graph MB':>10}"
 print(header)
 rows = {}
-for name in ("b64_graphs_true", "b64_graphs_false", "b16_graphs_true", "b16_graphs_false", "online_profiled"):
+names = ("b64_graphs_true", "b64_graphs_false", "b16_graphs_true", "b16_graphs_false", "online_profiled",
+         "serve_engine", "serve_http")
+for name in names:
     try:
         r = json.loads((out / name / "results.json").read_text())
     except (OSError, ValueError):
@@ -71,6 +85,11 @@ for name in ("b64_graphs_true", "b64_graphs_false", "b16_graphs_true", "b16_grap
         f"{cell(p.get('kernels_per_decode_step'), '.0f', 11)}{cell(m.get('engine_capture_s'), '.2f', 11)}"
         f"{cell(m.get('cuda_graph_pool_mb'), '.0f', 10)}"
     )
+engine, served = rows.get("serve_engine"), rows.get("serve_http")
+if engine and served:
+    ratio = served["throughput_completion_tok_s"] / engine["throughput_completion_tok_s"]
+    extra = served["itl_ms_p50"] - engine["itl_ms_p50"]
+    print(f"target=serve / target=engine: {ratio:.2f}x completion tok/s, ITL p50 {extra:+.2f} ms")
 for batch in (64, 16):
     on, off = rows.get(f"b{batch}_graphs_true"), rows.get(f"b{batch}_graphs_false")
     if on and off:

@@ -17,6 +17,7 @@ SCRIPTS = {
     "continuous_batching.py": "| continuous / HF static (req/s) |",
     "profiler_overhead.py": "| label cost / decode step |",
     "contention.py": "| busy neighbours | threads |",
+    "serving_overhead.py": "| serve / engine |",
 }
 
 
