@@ -56,7 +56,16 @@ def _stop_children(signum: int) -> None:
     for child in children:
         with contextlib.suppress(psutil.NoSuchProcess):
             child.send_signal(signum)
-    psutil.wait_procs(children, timeout=CHILDREN_GRACE_S)
+    psutil.wait_procs([c for c in children if not _pool_helper(c)], timeout=CHILDREN_GRACE_S)
+
+
+def _pool_helper(child: psutil.Process) -> bool:
+    """A process pool's helper that runs no job (loky's resource tracker ignores stop signals and lives as
+    long as its pool): waiting for it would only spend CHILDREN_GRACE_S."""
+    try:
+        return any("resource_tracker" in part for part in child.cmdline())
+    except psutil.Error:
+        return False
 
 
 @contextlib.contextmanager

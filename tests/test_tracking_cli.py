@@ -20,6 +20,7 @@ from test_tracking import figures_rows
 from test_tracking_server import group_alive
 
 from rosebench.results import HEADLINE_METRICS
+from rosebench.signals import CHILDREN_GRACE_S
 from rosebench.tracking.mlflow_log import CONDITION_METRICS, rounded
 
 pytestmark = pytest.mark.slow
@@ -481,6 +482,10 @@ def test_stopping_a_parallel_sweep(tmp_path: Path, stop: int) -> None:
         *TINY,
         "repeat=100000",
         "num_requests=2",
+        # Passes of about a second (arrivals at 2 requests/s): a few finish before the stop, not a thousand
+        # whose logging alone took a minute of this test.
+        "mode=online",
+        "scheduler.request_rate=2",
         "seed=1,2,3,4",
         f"tracking.uri={uri}",
         "hydra.sweep.dir=sweep",
@@ -502,11 +507,15 @@ def test_stopping_a_parallel_sweep(tmp_path: Path, stop: int) -> None:
                 children = [r for r in experiment_runs(client) if "rosebench_sweep_parent" not in r.data.tags]
         assert len(children) == 2, "the two workers did not start their runs"
         time.sleep(3)  # a few timed passes each
+        stopped_at = time.monotonic()
         if stop == signal.SIGTERM:
             proc.send_signal(stop)
         else:
             os.killpg(proc.pid, stop)
         _, stderr = proc.communicate(timeout=120)
+        # The workers end once their runs are closed; the launcher does not wait out its grace for idle
+        # pool processes (it did: every stopped parallel sweep took a minute).
+        assert time.monotonic() - stopped_at < CHILDREN_GRACE_S
         deadline = time.monotonic() + 30
         while group_alive(proc.pid) and time.monotonic() < deadline:
             time.sleep(0.5)
