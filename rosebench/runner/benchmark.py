@@ -171,8 +171,10 @@ def run_passes(setup: Setup, run_dir: Path) -> Outcome:
                 result = _timed_pass(setup, label)
             outcome.passes.append(result)
             outcome.pass_metrics.append({**metrics.pass_metrics(result), **probe.conditions.metrics()})
-            _say(f"{label}: {outcome.pass_metrics[-1]['throughput_completion_tok_s']:.1f} tok/s")
-            label = "the gap between passes"
+            # The pass is kept: from here an interrupt falls between passes (set before the line a user,
+            # or a test, may act on).
+            done, label = label, "the gap between passes"
+            _say(f"{done}: {outcome.pass_metrics[-1]['throughput_completion_tok_s']:.1f} tok/s")
         if config.profile.enabled:
             label = "profiled pass"
             try:

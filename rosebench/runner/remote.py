@@ -325,8 +325,10 @@ def run_remote_passes(setup: RemoteSetup, run_dir: Path) -> Outcome:
             outcome.passes.append(sent.result)
             outcome.pass_metrics.append({**metrics.pass_metrics(sent.result), **probe_.conditions.metrics()})
             _count_sources(setup, sent)
-            _say(f"{label}: {outcome.pass_metrics[-1]['throughput_completion_tok_s']:.1f} tok/s")
-            label = "the gap between passes"
+            # The pass is kept: from here an interrupt falls between passes (set before the line a user,
+            # or a test, may act on).
+            done, label = label, "the gap between passes"
+            _say(f"{done}: {outcome.pass_metrics[-1]['throughput_completion_tok_s']:.1f} tok/s")
         if config.profile.enabled and setup.has_profiler:
             label = "profiled pass"
             try:
