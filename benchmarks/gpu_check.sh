@@ -22,7 +22,8 @@ mkdir -p "$out"
 python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'gpu_check: no CUDA device')" || exit 2
 
 echo "== 1/3 CUDA tests" >&2
-timeout 300 python -m pytest -m cuda -q -rs tests/test_static_decode.py >"$out/pytest.txt" 2>&1
+# -o addopts=: the GPU machine may lack pytest-xdist (pyproject adds -n); one GPU runs these in turn.
+timeout 300 python -m pytest -o addopts= -m cuda -q -rs tests/test_static_decode.py >"$out/pytest.txt" 2>&1
 echo "pytest -m cuda: exit $?" >"$out/pytest_status.txt"
 tail -3 "$out/pytest.txt" >&2
 
