@@ -152,38 +152,54 @@ def prepare(config: RunConfig) -> Setup:
 
 
 def run_passes(setup: Setup, run_dir: Path) -> Outcome:
-    """Warm-up, timed and profiled passes. An interrupt ends them and is recorded in the outcome (the pass
-    in flight is dropped); a failing profiled pass is recorded too and never discards the timed ones."""
+    """The passes of the engine in this process (``drive_passes``); NaN weights are a one-line error."""
     outcome = Outcome(engine_metrics=setup.engine.startup_metrics())
-    config = setup.config
+    profiled = partial(_profiled_pass, setup, run_dir / "profile") if setup.config.profile.enabled else None
+    try:
+        return drive_passes(setup.config, setup.requests, outcome, partial(_timed_pass, setup), profiled)
+    except NonFiniteLogitsError as error:  # bad weights or dtype: an input error, told in one line
+        raise ConfigError(str(error)) from None
+
+
+PassRunner = Callable[[str, bool], PassResult]  # (its label, whether it is timed) -> what it recorded
+
+
+def drive_passes(
+    config: RunConfig,
+    requests: list[Request],
+    outcome: Outcome,
+    run_pass: PassRunner,
+    profiled_pass: Callable[[], ProfileResult | None] | None,
+) -> Outcome:
+    """Warm-up, timed and profiled passes, whatever runs them (this process's engine, a server). An
+    interrupt ends them and is recorded in the outcome (the pass in flight is dropped); a failing profiled
+    pass is recorded too and never discards the timed ones."""
     label = ""
     if config.mode == "online" and math.isfinite(config.scheduler.request_rate):
-        span = max(r.arrival_s for r in setup.requests)
+        span = max(r.arrival_s for r in requests)
         rate = config.scheduler.request_rate
-        _say(f"each pass: {len(setup.requests)} requests arriving over {span:.1f} s (request_rate={rate})")
+        _say(f"each pass: {len(requests)} requests arriving over {span:.1f} s (request_rate={rate})")
     try:
         for index in range(config.warmup):
             label = f"warm-up {index + 1}/{config.warmup}"
-            _timed_pass(setup, label)
+            run_pass(label, False)
         for index in range(config.repeat):
             label = f"pass {index + 1}/{config.repeat}"
             with ConditionsProbe() as probe:
-                result = _timed_pass(setup, label)
+                result = run_pass(label, True)
             outcome.passes.append(result)
             outcome.pass_metrics.append({**metrics.pass_metrics(result), **probe.conditions.metrics()})
             # The pass is kept: from here an interrupt falls between passes (set before the line a user,
             # or a test, may act on).
             done, label = label, "the gap between passes"
             _say(f"{done}: {outcome.pass_metrics[-1]['throughput_completion_tok_s']:.1f} tok/s")
-        if config.profile.enabled:
+        if profiled_pass is not None:
             label = "profiled pass"
             try:
-                outcome.profile = _profiled_pass(setup, run_dir / "profile")
+                outcome.profile = profiled_pass()
             except Exception as error:  # the timed figures stand on their own
                 outcome.profile_error = f"{type(error).__name__}: {error}"
                 _say(f"profiled pass failed ({outcome.profile_error}); the timed figures are kept")
-    except NonFiniteLogitsError as error:  # bad weights or dtype: an input error, told in one line
-        raise ConfigError(str(error)) from None
     except Interrupted as stop:
         outcome.interrupted, outcome.interrupted_during = stop, label
     except KeyboardInterrupt:
@@ -191,7 +207,7 @@ def run_passes(setup: Setup, run_dir: Path) -> Outcome:
     return outcome
 
 
-def _timed_pass(setup: Setup, label: str) -> PassResult:
+def _timed_pass(setup: Setup, label: str, timed: bool) -> PassResult:
     setup.engine.clear_cache()  # passes are independent repetitions: none reads another's prefix cache
     device = setup.engine.device
     if device.type == "cuda":

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import shutil
-import signal
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -30,7 +28,6 @@ from typing import Any
 
 import torch
 
-from rosebench import metrics
 from rosebench.config import ConfigError, RunConfig
 from rosebench.engine.config import MODEL_PRESETS, EngineConfig, KVCacheConfig
 from rosebench.engine.engine import resolve_device
@@ -41,11 +38,9 @@ from rosebench.files import write_atomic
 from rosebench.profiling.session import ProfileResult
 from rosebench.profiling.summary import TraceSummary
 from rosebench.results import ERRORS_FILE
-from rosebench.runner.benchmark import Outcome
-from rosebench.runner.conditions import ConditionsProbe
+from rosebench.runner.benchmark import Outcome, drive_passes
 from rosebench.runner.environment import environment
-from rosebench.scheduler.records import PassStats
-from rosebench.signals import Interrupted
+from rosebench.scheduler.records import PassResult, PassStats
 from rosebench.target.client import (
     Connection,
     HttpPass,
@@ -302,50 +297,30 @@ def _reset_prefix_cache(connection: Connection) -> bool:
 
 
 def run_remote_passes(setup: RemoteSetup, run_dir: Path) -> Outcome:
-    """Warm-up, timed and profiled passes over HTTP, as benchmark.run_passes runs them in-process: an
-    interrupt ends them and is recorded in the outcome; a failing profiled pass never discards the timed
-    ones. The server this run started is stopped when they end, whichever way."""
-    outcome = Outcome()
+    """The passes over HTTP (``benchmark.drive_passes``, as in-process); the server this run started is
+    stopped when they end, whichever way."""
     config = setup.config
-    label = ""
-    if config.mode == "online" and math.isfinite(config.scheduler.request_rate):
-        span = max(r.arrival_s for r in setup.requests)
-        rate = config.scheduler.request_rate
-        _say(f"each pass: {len(setup.requests)} requests arriving over {span:.1f} s (request_rate={rate})")
+    has_profile = config.profile.enabled and setup.has_profiler
+    profiled = partial(_profiled_pass, setup, run_dir) if has_profile else None
     try:
-        for index in range(config.warmup):
-            label = f"warm-up {index + 1}/{config.warmup}"
-            _pass(setup, label, run_dir)
-        for index in range(config.repeat):
-            label = f"pass {index + 1}/{config.repeat}"
-            # The server this run started is this process's child: ConditionsProbe counts its CPU as the
-            # run's own, so "contention" stays the rest of the machine's. A remote server's CPU is not seen.
-            with ConditionsProbe() as probe_:
-                sent = _pass(setup, label, run_dir)
-            outcome.passes.append(sent.result)
-            outcome.pass_metrics.append({**metrics.pass_metrics(sent.result), **probe_.conditions.metrics()})
-            _count_sources(setup, sent)
-            # The pass is kept: from here an interrupt falls between passes (set before the line a user,
-            # or a test, may act on).
-            done, label = label, "the gap between passes"
-            _say(f"{done}: {outcome.pass_metrics[-1]['throughput_completion_tok_s']:.1f} tok/s")
-        if config.profile.enabled and setup.has_profiler:
-            label = "profiled pass"
-            try:
-                outcome.profile = _profiled_pass(setup, run_dir)
-            except Exception as error:  # the timed figures stand on their own
-                outcome.profile_error = f"{type(error).__name__}: {error}"
-                _say(f"profiled pass failed ({outcome.profile_error}); the timed figures are kept")
+        return drive_passes(
+            config, setup.requests, Outcome(), partial(_counted_pass, setup, run_dir), profiled
+        )
     except TargetError as error:
         raise ConfigError(str(error)) from None
-    except Interrupted as stop:
-        outcome.interrupted, outcome.interrupted_during = stop, label
-    except KeyboardInterrupt:
-        outcome.interrupted, outcome.interrupted_during = Interrupted(signal.SIGINT), label
     finally:
         if setup.server is not None:
             setup.server.stop()
-    return outcome
+
+
+def _counted_pass(setup: RemoteSetup, run_dir: Path, label: str, timed: bool) -> PassResult:
+    """One pass; a timed one's requests are counted by where their token counts came from. The server this
+    run started is this process's child: ConditionsProbe counts its CPU as the run's own, so "contention"
+    stays the rest of the machine's. A remote server's CPU is not seen."""
+    sent = _pass(setup, label, run_dir)
+    if timed:
+        _count_sources(setup, sent)
+    return sent.result
 
 
 def _pass(setup: RemoteSetup, label: str, run_dir: Path) -> HttpPass:
