@@ -110,16 +110,7 @@ def prepare(config: RunConfig) -> Setup:
         # The model's vocabulary (read without its weights) bounds the prompt ids: random ones are drawn
         # within it, given ones are checked against it, before the engine is built.
         vocab = Vocabulary(model_config(config.engine.model, weights).vocab_size, source)
-        requests = build_workload(
-            config.workload,
-            num_requests=config.num_requests,
-            sampling=config.sampling,
-            tokenizer=tokenizer,
-            seed=config.seed,
-            request_rate=config.scheduler.request_rate,
-            burstiness=config.scheduler.burstiness,
-            vocab=vocab,
-        )
+        requests = run_workload(config, tokenizer, vocab)
         engine_config = config.engine
         if engine_config.max_model_len is None and engine_config.weights is None:
             # Size the KV slots for this workload rather than the model's whole context.
@@ -149,6 +140,21 @@ def prepare(config: RunConfig) -> Setup:
         _say(note)
     # Output ids the tokenizer does not know (a larger model vocabulary) become "<|unknown:ID|>".
     return Setup(replace(config, engine=engine.config), engine, requests, partial(detokenize, tokenizer))
+
+
+def run_workload(config: RunConfig, tokenizer: Any, vocab: Vocabulary | None) -> list[Request]:
+    """The run's requests (the same for every target): ``vocab`` bounds their ids, None for a remote
+    model whose vocabulary is unknown (GPT-2's is used)."""
+    return build_workload(
+        config.workload,
+        num_requests=config.num_requests,
+        sampling=config.sampling,
+        tokenizer=tokenizer,
+        seed=config.seed,
+        request_rate=config.scheduler.request_rate,
+        burstiness=config.scheduler.burstiness,
+        vocab=vocab,
+    )
 
 
 def run_passes(setup: Setup, run_dir: Path) -> Outcome:

@@ -38,7 +38,7 @@ from rosebench.files import write_atomic
 from rosebench.profiling.session import ProfileResult
 from rosebench.profiling.summary import TraceSummary
 from rosebench.results import ERRORS_FILE
-from rosebench.runner.benchmark import Outcome, drive_passes
+from rosebench.runner.benchmark import Outcome, drive_passes, run_workload
 from rosebench.runner.environment import environment
 from rosebench.scheduler.records import PassResult, PassStats
 from rosebench.target.client import (
@@ -56,7 +56,7 @@ from rosebench.target.client import (
 )
 from rosebench.target.launch import LocalServer, hydra_value, node_overrides
 from rosebench.target.settings import public_url
-from rosebench.workload import Request, Vocabulary, build_workload
+from rosebench.workload import Request, Vocabulary
 
 ERRORS_KEPT = 10  # failed requests written to errors.jsonl (each with its status and body)
 RESET_PREFIX_CACHE = "/reset_prefix_cache"  # vLLM's (dev mode) and rosebench.serve's
@@ -157,12 +157,12 @@ def remote_target(config: RunConfig, run_dir: Path) -> Iterator[RemoteSetup]:
                 else f"engine.weights={engine.weights}"
             )
             shape = model_config(engine.model, engine.weights)
-            requests = _workload(config, tokenizer, Vocabulary(shape.vocab_size, source))
+            requests = run_workload(config, tokenizer, Vocabulary(shape.vocab_size, source))
             context = _max_model_len(engine, shape.n_positions, requests)
             config = replace(config, engine=replace(engine, max_model_len=context))
             _check_context(requests, context)
         else:  # a remote model's vocabulary is unknown: GPT-2's ids, or their text
-            requests = _workload(config, tokenizer, None)
+            requests = run_workload(config, tokenizer, None)
     except ValueError as error:
         raise ConfigError(str(error)) from None
     with contextlib.ExitStack() as stack:
@@ -171,19 +171,6 @@ def remote_target(config: RunConfig, run_dir: Path) -> Iterator[RemoteSetup]:
         except TargetError as error:
             raise ConfigError(str(error)) from None
         yield setup
-
-
-def _workload(config: RunConfig, tokenizer: Any, vocab: Vocabulary | None) -> list[Request]:
-    return build_workload(
-        config.workload,
-        num_requests=config.num_requests,
-        sampling=config.sampling,
-        tokenizer=tokenizer,
-        seed=config.seed,
-        request_rate=config.scheduler.request_rate,
-        burstiness=config.scheduler.burstiness,
-        vocab=vocab,
-    )
 
 
 def _max_model_len(engine: EngineConfig, n_positions: int, requests: list[Request]) -> int:
