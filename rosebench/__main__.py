@@ -34,7 +34,7 @@ from rosebench.tracking.run_folder import TRACKING_RECORD, TrackingRecord
 from rosebench.tracking.settings import TrackingSettings, redact, redact_logs, redact_uri
 
 if TYPE_CHECKING:
-    from rosebench.runner.benchmark import Outcome
+    from rosebench.runner.benchmark import Outcome, RunSetup
     from rosebench.tracking.tracked_run import TrackedRun
 
 log = logging.getLogger("rosebench")
@@ -105,7 +105,7 @@ def benchmark(config: RunConfig) -> dict[str, float]:
 
 
 @contextlib.contextmanager
-def _prepared(config: RunConfig, run_dir: Path) -> Iterator[tuple[Any, Callable[[Any, Path], Outcome]]]:
+def _prepared(config: RunConfig, run_dir: Path) -> Iterator[tuple[RunSetup, Callable[[Any, Path], Outcome]]]:
     """The run's setup and the function that runs its passes: the engine in this process (target=engine),
     or a server over HTTP (target=serve starts it here, and it is stopped on every way out of the block)."""
     # Imported here so that `--help` and config errors stay fast (no torch).
@@ -121,7 +121,7 @@ def _prepared(config: RunConfig, run_dir: Path) -> Iterator[tuple[Any, Callable[
 
 
 def _measure(
-    config: RunConfig, setup: Any, run_passes: Callable[[Any, Path], Outcome], run_dir: Path
+    config: RunConfig, setup: RunSetup, run_passes: Callable[[Any, Path], Outcome], run_dir: Path
 ) -> dict[str, float]:
     from rosebench import metrics
     from rosebench.results import OUTPUTS_FILE, outputs_text

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from tqdm import tqdm
@@ -36,6 +36,20 @@ from rosebench.signals import Interrupted
 from rosebench.workload import Request, Vocabulary, build_workload
 
 SCHEDULERS: dict[str, type[BatchScheduler]] = {"offline": OfflineScheduler, "online": OnlineScheduler}
+
+
+class RunSetup(Protocol):
+    """What a run needs of its target once prepared: in-process (``Setup``) or over HTTP
+    (``remote.RemoteSetup``)."""
+
+    config: RunConfig  # resolved, as recorded in results.json
+    requests: list[Request]
+    detokenize: Callable[[list[int]], str]
+
+    def model(self) -> dict[str, Any]: ...
+    def environment(self) -> dict[str, Any]: ...
+    def where(self) -> str: ...
+    def target_record(self) -> dict[str, Any] | None: ...
 
 
 @dataclass
