@@ -190,10 +190,12 @@ def drive_passes(
     outcome: Outcome,
     run_pass: PassRunner,
     profiled_pass: Callable[[], ProfileResult | None] | None,
+    engine_threads: Callable[[], int | None] = torch.get_num_threads,
 ) -> Outcome:
-    """Warm-up, timed and profiled passes, whatever runs them (this process's engine, a server). An
-    interrupt ends them and is recorded in the outcome (the pass in flight is dropped); a failing profiled
-    pass is recorded too and never discards the timed ones."""
+    """Warm-up, timed and profiled passes, whatever runs them (this process's engine, a server; the
+    engine's intra-op threads, for the run's conditions, from ``engine_threads``). An interrupt ends them
+    and is recorded in the outcome (the pass in flight is dropped); a failing profiled pass is recorded too
+    and never discards the timed ones."""
     label = ""
     if config.mode == "online" and math.isfinite(config.scheduler.request_rate):
         span = max(r.arrival_s for r in requests)
@@ -205,7 +207,7 @@ def drive_passes(
             run_pass(label, False)
         for index in range(config.repeat):
             label = f"pass {index + 1}/{config.repeat}"
-            with ConditionsProbe() as probe:
+            with ConditionsProbe(engine_threads) as probe:
                 result = run_pass(label, True)
             outcome.passes.append(result)
             outcome.pass_metrics.append({**metrics.pass_metrics(result), **probe.conditions.metrics()})

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 
 import psutil
@@ -73,16 +73,21 @@ class PassConditions:
     contention: float  # that, as a share of those cores' time over the pass
     cpu_steal: float
     load_avg_1m: float
-    torch_threads: int
+    torch_threads: int | None  # the measured engine's intra-op threads; None for a remote server's
     cores: int
 
     def metrics(self) -> dict[str, float]:
-        """The pass's figures under their results.json names."""
-        return {name: float(value) for name, value in asdict(self).items()}
+        """The pass's figures under their results.json names (a figure not known is left out)."""
+        return {name: float(value) for name, value in asdict(self).items() if value is not None}
 
 
 class ConditionsProbe:
-    """``with ConditionsProbe() as probe: <pass>``, then ``probe.conditions``."""
+    """``with ConditionsProbe() as probe: <pass>``, then ``probe.conditions``. ``engine_threads`` tells the
+    intra-op threads of the engine measured: this process's by default; a local server's, or None for a
+    remote one (this machine's cores say nothing of it)."""
+
+    def __init__(self, engine_threads: Callable[[], int | None] = torch.get_num_threads) -> None:
+        self._engine_threads = engine_threads
 
     def __enter__(self) -> ConditionsProbe:
         self._cores = cores()
@@ -103,7 +108,7 @@ class ConditionsProbe:
             contention=min(other_s / capacity_s, 1.0),
             cpu_steal=min(max((steal - self._steal) / capacity_s, 0.0), 1.0),
             load_avg_1m=os.getloadavg()[0],
-            torch_threads=torch.get_num_threads(),
+            torch_threads=self._engine_threads(),
             cores=len(self._cores),
         )
 
@@ -122,8 +127,8 @@ def contention_warnings(passes: list[dict[str, float]]) -> list[str]:
         f"pass {number} (contention_max {share:.2f} > {CONTENDED_SHARE:.2f}); these figures understate the "
         "engine and are tagged contended=yes"
     ]
-    threads, free = busiest["torch_threads"], n_cores * (1 - share)
-    if threads > free:
+    threads, free = busiest.get("torch_threads"), n_cores * (1 - share)
+    if threads is not None and threads > free:
         lines.append(
             f"torch ran {threads:.0f} intra-op threads with {free:.1f} of {n_cores:.0f} cores left free: "
             "oversubscribed, its threads wait on each other (engine.num_threads sets fewer)"

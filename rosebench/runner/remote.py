@@ -122,6 +122,13 @@ class RemoteSetup:
             }
         return {**environment(resolve_device(self.config.engine.device)), "target": "local"}
 
+    def engine_threads(self) -> int | None:
+        """The server's intra-op threads: its engine.num_threads, else torch's default on this machine (as
+        this process's, which builds no engine); None for a remote server."""
+        if self.server is None:
+            return None
+        return self.config.engine.num_threads or torch.get_num_threads()
+
     def where(self) -> str:
         if self.server is None:
             return f"{self.url} (remote)"
@@ -290,9 +297,8 @@ def run_remote_passes(setup: RemoteSetup, run_dir: Path) -> Outcome:
     has_profile = config.profile.enabled and setup.has_profiler
     profiled = partial(_profiled_pass, setup, run_dir) if has_profile else None
     try:
-        return drive_passes(
-            config, setup.requests, Outcome(), partial(_counted_pass, setup, run_dir), profiled
-        )
+        run_pass = partial(_counted_pass, setup, run_dir)
+        return drive_passes(config, setup.requests, Outcome(), run_pass, profiled, setup.engine_threads)
     except TargetError as error:
         raise ConfigError(str(error)) from None
     finally:
