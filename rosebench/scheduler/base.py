@@ -22,8 +22,8 @@ class BatchScheduler:
     """Owns the waiting queue, the running batch and each request's record.
 
     ``fail_alone``: a prefill whose logits are not finite for some sequences ends those requests (finish
-    reason ``"error"``, the message in ``failed``) and requeues the others, instead of raising: a server
-    keeps serving. A benchmark pass leaves it off, so bad weights stop the run.
+    reason ``"error"``, the message in their records' ``error``) and requeues the others, instead of
+    raising: a server keeps serving. A benchmark pass leaves it off, so bad weights stop the run.
     """
 
     def __init__(
@@ -41,7 +41,6 @@ class BatchScheduler:
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.records: dict[int, RequestRecord] = {}
-        self.failed: dict[int, str] = {}  # request id -> why it failed (fail_alone)
         self.stats = PassStats()
         self._t0 = 0.0
 
@@ -95,7 +94,6 @@ class BatchScheduler:
 
     def release(self, request_id: int) -> RequestRecord:
         """Hand over a finished request's record and forget it (a server's records must not grow)."""
-        self.failed.pop(request_id, None)
         return self.records.pop(request_id)
 
     def take_stats(self) -> PassStats:
@@ -188,8 +186,8 @@ class BatchScheduler:
         for seq in reversed(seqs):  # reversed: appendleft keeps their order at the head of the queue
             self.running.remove(seq)
             if seq.seq_id in error.seq_ids:
-                self.failed[seq.seq_id] = str(error)
                 self._end(seq, "error")
+                self.records[seq.seq_id].error = str(error)
             else:
                 self.engine.preempt(seq)
                 self.waiting.appendleft(seq)

@@ -46,7 +46,6 @@ class TokenEvent:
 
 @dataclass
 class _Live:
-    request_id: int
     deliver: Callable[[TokenEvent], None]  # called on the event loop
     submitted_at: float  # time.perf_counter()
     sent: int = 0  # output tokens already delivered
@@ -75,7 +74,6 @@ class EngineLoop:
         self._events: asyncio.AbstractEventLoop | None = None
         self._profile: ProfileSession | None = None
         self._stopping = False
-        self._prefix_seen = (0, 0)
         self.crashed: BaseException | None = None  # the loop's own failure: the server is unhealthy
 
     # -- called from the main thread and the HTTP side -----------------------------------------------
@@ -97,7 +95,7 @@ class EngineLoop:
         """Queue a request (already checked to fit); ``deliver`` gets its events on the event loop.
         Returns its id, for ``abort``."""
         request_id = next(self._ids)
-        live = _Live(request_id, deliver, time.perf_counter())
+        live = _Live(deliver, time.perf_counter())
         request = Request(request_id, prompt_token_ids, params)
         self._commands.put(lambda: self._add(live, request))
         return request_id
@@ -197,21 +195,21 @@ class EngineLoop:
     def _abort(self, request_id: int) -> None:
         live = self._live.pop(request_id, None)
         if live is not None:
-            self._end(request_id)
+            self._end(request_id, "abort")
             self._send([(live, TokenEvent([], "abort"))])
 
     def _end_all(self, reason: str, finish_reason: str) -> None:
         """End every request in flight: ``abort`` (the server stops: 503) or ``error`` (it failed: 500)."""
         events = [(live, TokenEvent([], finish_reason, reason)) for live in self._live.values()]
         for request_id in list(self._live):
-            self._end(request_id)
+            self._end(request_id, finish_reason)
         self._live.clear()
         self._send(events)
 
-    def _end(self, request_id: int) -> None:
+    def _end(self, request_id: int, finish_reason: str) -> None:
         self._scheduler.abort(request_id)
         self._scheduler.release(request_id)
-        self.metrics.request_ended("abort")
+        self.metrics.request_ended(finish_reason)
 
     def _request_stop(self) -> None:
         self._end_all("the server is shutting down", "abort")
@@ -234,8 +232,7 @@ class EngineLoop:
             if record.finish_reason is None:
                 events.append((live, TokenEvent(new)))
                 continue
-            error = self._scheduler.failed.get(request_id)
-            events.append((live, TokenEvent(new, record.finish_reason, error)))
+            events.append((live, TokenEvent(new, record.finish_reason, record.error)))
             del self._live[request_id]
             self._observe_finished(self._scheduler.release(request_id))
         self._send(events)
@@ -266,18 +263,15 @@ class EngineLoop:
         if self._scheduler.has_unfinished():
             raise RuntimeError(f"{len(self._live)} requests are in flight: reset the prefix cache when idle")
         self.engine.clear_cache()
-        self._prefix_seen = (0, 0)  # the new block manager counts from zero
 
     # -- Prometheus ----------------------------------------------------------------------------------
     def _observe_step(self, stats: PassStats) -> None:
         m = self.metrics
         m.preemptions.inc(stats.preemptions)
         kv = self.engine.kv_stats()
-        queries, hits = kv.prefix_queries, kv.prefix_hits
-        seen_queries, seen_hits = self._prefix_seen
-        m.prefix_cache_queries.inc(max(0, queries - seen_queries))
-        m.prefix_cache_hits.inc(max(0, hits - seen_hits))
-        self._prefix_seen = (queries, hits)
+        m.prefix_cache_queries.inc(kv.prefix_queries)
+        m.prefix_cache_hits.inc(kv.prefix_hits)
+        self.engine.reset_stats()  # the engine counts lookups from zero again, as the scheduler's stats
 
     def _observe_finished(self, record: RequestRecord) -> None:
         m = self.metrics
