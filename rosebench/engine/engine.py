@@ -48,6 +48,17 @@ class KVStats:
     prefix_hits: int
 
 
+def check_fits_context(num_prompt_tokens: int, max_new_tokens: int, max_model_len: int) -> None:
+    """Raise ``RequestTooLongError`` if a request cannot fit the model context ``max_model_len``."""
+    total = num_prompt_tokens + max_new_tokens
+    if total > max_model_len:
+        raise RequestTooLongError(
+            f"{num_prompt_tokens} prompt tokens + max_new_tokens={max_new_tokens} = {total} exceeds the "
+            f"model context of {max_model_len} positions "
+            f"(allowed: prompt + max_new_tokens <= {max_model_len})"
+        )
+
+
 def resolve_device(name: str) -> torch.device:
     """``auto`` picks CUDA when present; an explicit ``cuda`` without a GPU is an error, not a fallback."""
     if name == "auto":
@@ -184,13 +195,8 @@ class Engine:
 
     def check_request(self, num_prompt_tokens: int, max_new_tokens: int) -> None:
         """Raise before a run if a request could never complete, rather than halfway through it."""
+        check_fits_context(num_prompt_tokens, max_new_tokens, self.max_model_len)
         total = num_prompt_tokens + max_new_tokens
-        if total > self.max_model_len:
-            raise RequestTooLongError(
-                f"{num_prompt_tokens} prompt tokens + max_new_tokens={max_new_tokens} = {total} exceeds the "
-                f"model context of {self.max_model_len} positions "
-                f"(allowed: prompt + max_new_tokens <= {self.max_model_len})"
-            )
         needed = self.blocks.blocks_for(total)
         if needed > self.blocks.num_blocks:
             raise RequestTooLongError(

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from rosebench import metrics
 from rosebench.config import ConfigError, RunConfig
-from rosebench.engine.config import MODEL_PRESETS
+from rosebench.engine.config import MODEL_PRESETS, EngineConfig, ModelConfig
 from rosebench.engine.cpu_linear import bf16_matrix_units
 from rosebench.engine.engine import Engine, NonFiniteLogitsError
 from rosebench.engine.tokenizer import detokenize, load_tokenizer, vocabulary_note
@@ -62,23 +62,7 @@ class Setup:
     def model(self) -> dict[str, Any]:
         """The architecture that was loaded, which is what runs: a preset's name says nothing about a
         checkpoint given in engine.weights."""
-        m, weights = self.engine.model_config, self.config.engine.weights
-        short = self.config.engine.model if weights is None else f"{m.n_layer}L{m.n_embd}d"
-        params = f"{self.engine.num_parameters / 1e6:.1f}M params"
-        label = (
-            short if weights is None else f"{m.n_layer}-layer {m.n_embd}-wide GPT-2, {params}, from {weights}"
-        )
-        return {
-            "label": label,
-            "short": short,
-            "weights": weights,
-            "n_layer": m.n_layer,
-            "n_embd": m.n_embd,
-            "n_head": m.n_head,
-            "n_positions": m.n_positions,
-            "vocab_size": m.vocab_size,
-            "parameters": self.engine.num_parameters,
-        }
+        return model_record(self.config.engine, self.engine.model_config, self.engine.num_parameters)
 
     def environment(self) -> dict[str, Any]:
         return environment(self.engine.device)
@@ -119,20 +103,13 @@ def prepare(config: RunConfig) -> Setup:
     torch.manual_seed(config.seed)
     tokenizer = load_tokenizer()
     weights = config.engine.weights
-    source = f"engine.model={config.engine.model}" if weights is None else f"engine.weights={weights}"
+    source = model_source(config.engine)
     try:
         # The model's vocabulary (read without its weights) bounds the prompt ids: random ones are drawn
         # within it, given ones are checked against it, before the engine is built.
         vocab = Vocabulary(model_config(config.engine.model, weights).vocab_size, source)
         requests = run_workload(config, tokenizer, vocab)
-        engine_config = config.engine
-        if engine_config.max_model_len is None and engine_config.weights is None:
-            # Size the KV slots for this workload rather than the model's whole context.
-            longest = max(len(r.prompt_token_ids) + r.params.max_new_tokens for r in requests)
-            engine_config = replace(
-                engine_config, max_model_len=min(longest, MODEL_PRESETS[engine_config.model].n_positions)
-            )
-        engine = Engine(engine_config, eos_token_id=tokenizer.eot_token)
+        engine = Engine(sized_for_workload(config.engine, requests), eos_token_id=tokenizer.eot_token)
         SCHEDULERS[config.mode](engine, config.scheduler).validate(requests)
         if (
             config.profile.enabled
@@ -154,6 +131,39 @@ def prepare(config: RunConfig) -> Setup:
         _say(note)
     # Output ids the tokenizer does not know (a larger model vocabulary) become "<|unknown:ID|>".
     return Setup(replace(config, engine=engine.config), engine, requests, partial(detokenize, tokenizer))
+
+
+def model_record(engine: EngineConfig, shape: ModelConfig, parameters: int) -> dict[str, Any]:
+    """results.json's ``model``: the architecture that runs, named by its preset or, for given weights, by
+    its shape (a preset's name says nothing about a checkpoint)."""
+    weights = engine.weights
+    short = engine.model if weights is None else f"{shape.n_layer}L{shape.n_embd}d"
+    described = f"{shape.n_layer}-layer {shape.n_embd}-wide GPT-2, {parameters / 1e6:.1f}M params"
+    return {
+        "label": short if weights is None else f"{described}, from {weights}",
+        "short": short,
+        "weights": weights,
+        "n_layer": shape.n_layer,
+        "n_embd": shape.n_embd,
+        "n_head": shape.n_head,
+        "n_positions": shape.n_positions,
+        "vocab_size": shape.vocab_size,
+        "parameters": parameters,
+    }
+
+
+def model_source(engine: EngineConfig) -> str:
+    """How messages name the run's model: ``engine.model=gpt2``, or ``engine.weights=PATH`` when given."""
+    return f"engine.model={engine.model}" if engine.weights is None else f"engine.weights={engine.weights}"
+
+
+def sized_for_workload(engine: EngineConfig, requests: list[Request]) -> EngineConfig:
+    """A preset's KV slots sized for this workload's longest request rather than the model's whole context,
+    unless ``engine.max_model_len`` is set; given weights keep their model's context."""
+    if engine.max_model_len is not None or engine.weights is not None:
+        return engine
+    longest = max(len(r.prompt_token_ids) + r.params.max_new_tokens for r in requests)
+    return replace(engine, max_model_len=min(longest, MODEL_PRESETS[engine.model].n_positions))
 
 
 def run_workload(config: RunConfig, tokenizer: Any, vocab: Vocabulary | None) -> list[Request]:

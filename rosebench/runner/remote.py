@@ -29,8 +29,8 @@ from typing import Any
 import torch
 
 from rosebench.config import ConfigError, RunConfig
-from rosebench.engine.config import MODEL_PRESETS, EngineConfig, KVCacheConfig
-from rosebench.engine.engine import resolve_device
+from rosebench.engine.config import EngineConfig, KVCacheConfig
+from rosebench.engine.engine import check_fits_context, resolve_device
 from rosebench.engine.model import GPT2
 from rosebench.engine.tokenizer import detokenize, load_tokenizer
 from rosebench.engine.weights import model_config
@@ -38,7 +38,14 @@ from rosebench.files import write_atomic
 from rosebench.profiling.session import ProfileResult
 from rosebench.profiling.summary import TraceSummary
 from rosebench.results import ERRORS_FILE
-from rosebench.runner.benchmark import Outcome, drive_passes, run_workload
+from rosebench.runner.benchmark import (
+    Outcome,
+    drive_passes,
+    model_record,
+    model_source,
+    run_workload,
+    sized_for_workload,
+)
 from rosebench.runner.environment import environment
 from rosebench.scheduler.records import PassResult, PassStats
 from rosebench.target.client import (
@@ -96,19 +103,7 @@ class RemoteSetup:
         shape = model_config(engine.model, engine.weights)
         with torch.device("meta"):  # no memory: only the parameter count is wanted
             parameters = sum(p.numel() for p in GPT2(shape).parameters())
-        short = engine.model if engine.weights is None else f"{shape.n_layer}L{shape.n_embd}d"
-        label = short if engine.weights is None else f"{self.model_id} ({shape.n_layer}-layer GPT-2)"
-        return {
-            "label": label,
-            "short": short,
-            "weights": engine.weights,
-            "n_layer": shape.n_layer,
-            "n_embd": shape.n_embd,
-            "n_head": shape.n_head,
-            "n_positions": shape.n_positions,
-            "vocab_size": shape.vocab_size,
-            "parameters": parameters,
-        }
+        return model_record(engine, shape, parameters)
 
     def environment(self) -> dict[str, Any]:
         """target=serve: this machine, where the server runs on the engine's device; target=http: the
@@ -157,17 +152,18 @@ def remote_target(config: RunConfig, run_dir: Path) -> Iterator[RemoteSetup]:
     tokenizer = load_tokenizer()
     try:
         if config.target.kind == "serve":
-            engine = config.engine
-            source = (
-                f"engine.model={engine.model}"
-                if engine.weights is None
-                else f"engine.weights={engine.weights}"
-            )
-            shape = model_config(engine.model, engine.weights)
-            requests = run_workload(config, tokenizer, Vocabulary(shape.vocab_size, source))
-            context = _max_model_len(engine, shape.n_positions, requests)
+            shape = model_config(config.engine.model, config.engine.weights)
+            vocab = Vocabulary(shape.vocab_size, model_source(config.engine))
+            requests = run_workload(config, tokenizer, vocab)
+            # The server gets the context the engine would have in-process (it cannot see the workload).
+            engine = sized_for_workload(config.engine, requests)
+            context = engine.max_model_len or shape.n_positions
             config = replace(config, engine=replace(engine, max_model_len=context))
-            _check_context(requests, context)
+            for r in requests:
+                try:
+                    check_fits_context(len(r.prompt_token_ids), r.params.max_new_tokens, context)
+                except ValueError as error:
+                    raise ValueError(f"request {r.request_id}: {error}") from None
         else:  # a remote model's vocabulary is unknown: GPT-2's ids, or their text
             requests = run_workload(config, tokenizer, None)
     except ValueError as error:
@@ -178,28 +174,6 @@ def remote_target(config: RunConfig, run_dir: Path) -> Iterator[RemoteSetup]:
         except TargetError as error:
             raise ConfigError(str(error)) from None
         yield setup
-
-
-def _max_model_len(engine: EngineConfig, n_positions: int, requests: list[Request]) -> int:
-    """As benchmark.prepare sizes the in-process engine: the workload's longest request for a preset,
-    the model's context for given weights, or what the user set."""
-    if engine.max_model_len is not None:
-        return engine.max_model_len
-    if engine.weights is not None:
-        return n_positions
-    longest = max(len(r.prompt_token_ids) + r.params.max_new_tokens for r in requests)
-    return min(longest, MODEL_PRESETS[engine.model].n_positions)
-
-
-def _check_context(requests: list[Request], max_model_len: int) -> None:
-    for r in requests:
-        total = len(r.prompt_token_ids) + r.params.max_new_tokens
-        if total > max_model_len:
-            raise ValueError(
-                f"request {r.request_id}: {len(r.prompt_token_ids)} prompt tokens + max_new_tokens="
-                f"{r.params.max_new_tokens} = {total} exceeds the model context of {max_model_len} positions "
-                f"(allowed: prompt + max_new_tokens <= {max_model_len})"
-            )
 
 
 def server_overrides(config: RunConfig) -> list[str]:
