@@ -29,9 +29,8 @@ from rosebench.files import write_atomic
 from rosebench.overrides import name_part, naming_overrides, parse_overrides, swept_keys
 from rosebench.results import RESULTS_FILE, ProfileRecord, RunInfo, RunResults
 from rosebench.signals import STOP_MARK, stop_signals_as_interrupt
-from rosebench.target.settings import REDACTED
 from rosebench.tracking.run_folder import TRACKING_RECORD, TrackingRecord
-from rosebench.tracking.settings import TrackingSettings, redact, redact_logs, redact_uri
+from rosebench.tracking.settings import REDACTED, TrackingSettings, redact, redact_logs, redact_uri
 
 if TYPE_CHECKING:
     from rosebench.runner.benchmark import Outcome, RunSetup

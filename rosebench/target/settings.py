@@ -17,7 +17,6 @@ from urllib.parse import urlsplit
 ENDPOINTS = ("completions", "chat")  # /v1/completions, /v1/chat/completions
 PROMPT_MODES = ("auto", "token_ids", "text")
 API_KEY_ENV = "OPENAI_API_KEY"
-REDACTED = "***"
 
 
 def _check_kind(kind: str, expected: str) -> None:

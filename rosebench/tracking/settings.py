@@ -36,6 +36,8 @@ def redact_uri(uri: str | None) -> str | None:
 _AUTHORITY = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*\\?://)(?P<authority>[^\s/?#'\"]+)")
 
 
+REDACTED = "***"  # what stands where a secret was
+
 # An API key's value after its name: an override (serve.api_key=KEY), YAML (api_key: KEY), a dict's repr.
 _API_KEY = re.compile(r"""(?P<name>\bapi_key['"]?\s*[=:]\s*)(?P<value>'[^']*'|"[^"]*"|[^\s,'"}\]]+)""")
 
@@ -48,7 +50,7 @@ def redact(text: str) -> str:
     def hide_key(match: re.Match[str]) -> str:
         if match["value"].strip("'\"") in ("null", "None", "~", ""):
             return match[0]
-        return f"{match['name']}***"
+        return f"{match['name']}{REDACTED}"
 
     def hide(match: re.Match[str]) -> str:
         authority = match["authority"]
@@ -58,7 +60,7 @@ def redact(text: str) -> str:
         user, colon, _ = user_info.partition(":")
         if not colon:
             return match[0]
-        return f"{match['scheme']}{user}:***@{host}"
+        return f"{match['scheme']}{user}:{REDACTED}@{host}"
 
     return _API_KEY.sub(hide_key, _AUTHORITY.sub(hide, text))
 
