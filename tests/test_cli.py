@@ -495,6 +495,9 @@ BAD = {
     "sampling.seed=-1": (["sampling.seed=-1"], ["sampling.seed=-1", "[0, 2**32)"], True),
     "temperature=inf": (["sampling.temperature=inf"], ["sampling.temperature=inf", "finite"], True),
     "temperature=nan": (["sampling.temperature=nan"], ["sampling.temperature=nan", "finite"], True),
+    # one past each end: these runs have max_new_tokens=4
+    "min_tokens=-1": (["sampling.min_tokens=-1"], ["sampling.min_tokens=-1", "[0, max_new_tokens=4]"], True),
+    "min_tokens=5": (["sampling.min_tokens=5"], ["sampling.min_tokens=5", "[0, max_new_tokens=4]"], True),
     "burstiness=inf": (["scheduler.burstiness=inf"], ["scheduler.burstiness=inf", "finite"], True),
     "block_size=100000": (
         ["engine.kv_cache.block_size=100000"],

@@ -182,6 +182,28 @@ def test_ignore_eos_gives_exactly_max_new_tokens(kind: str, eos_weights: Path) -
     assert engine.kv_stats().used_blocks == 0
 
 
+@pytest.mark.parametrize("static_decode", [False, True])
+def test_min_tokens_masks_eos_until_then(eos_weights: Path, static_decode: bool) -> None:
+    """EOS cannot be drawn before min_tokens (its logit is masked, not ignored once drawn); after that a
+    request stops at EOS as usual. With the static step on, the eager step serves the masked decodes."""
+    requests = random_workload(n=4, new=12)
+    config = EngineConfig(weights=str(eos_weights), device="cpu", max_num_seqs=16)
+    engine = Engine(config, static_decode=static_decode)
+    stopping = [Request(r.request_id, r.prompt_token_ids, SamplingParams(12)) for r in requests]
+    first_eos = [len(r.output_token_ids) for r in run("offline", engine, stopping).records]
+    assert min(first_eos) < 6  # the premise: this model draws EOS early
+
+    masked = [
+        Request(r.request_id, r.prompt_token_ids, SamplingParams(max_new_tokens=12, min_tokens=6))
+        for r in requests
+    ]
+    for record in run("offline", engine, masked).records:
+        assert len(record.output_token_ids) >= 6
+        assert EOS_TOKEN_ID not in record.output_token_ids[:6]
+        assert record.finish_reason == ("stop" if record.output_token_ids[-1] == EOS_TOKEN_ID else "length")
+    assert engine.kv_stats().used_blocks == 0
+
+
 # -- greedy outputs agree across modes -----------------------------------------------------------------
 def test_greedy_outputs_equal_across_offline_online_and_alone(weights: Path, reference: Reference) -> None:
     requests = random_workload(n=6, new=10)
