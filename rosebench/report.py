@@ -3,6 +3,9 @@
 python -m rosebench.report --experiment rosebench
 python -m rosebench.report --parent <run id> --format markdown --plots plots/
 python -m rosebench.report --sweep outputs/multirun/2026-11-30/05-30-00 --format csv --out sweep.csv
+
+A sweep over a load knob (scheduler.request_rate, ...) also gets its latency-throughput frontier plots, and
+its knee (where TTFT p99 first passes twice its low-load value) is printed on stderr.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import sys
 from pathlib import Path
 
 from rosebench.files import output_file_problem
+from rosebench.tracking.frontier import knee_lines
 from rosebench.tracking.run_folder import find_run_folders
 from rosebench.tracking.settings import describe_error, redact
 from rosebench.tracking.store import connect, resolve_tracking_uri, sqlite_path
@@ -57,6 +61,16 @@ def _rows(args: argparse.Namespace) -> list[RunRow]:
     return experiment_rows(client, args.experiment)
 
 
+def _knee_lines(table: Table) -> list[str]:
+    """Where each sweep over a load knob has its knee, for stderr (stdout is the table, for parsers); the
+    sweep named when the rows hold several."""
+    lines = []
+    for name, sweep in table.sweep_tables().items():
+        prefix = f"{name}: " if table.grouped else ""
+        lines += [prefix + line for summary in sweep.frontiers().values() for line in knee_lines(summary)]
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m rosebench.report", description=__doc__.splitlines()[0])
     source = parser.add_mutually_exclusive_group(required=True)
@@ -99,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
             return _fail(f"--out {args.out}: could not write it ({error.strerror or error})", 1)
     else:
         sys.stdout.write(text)
+    for line in _knee_lines(table):
+        print(line, file=sys.stderr)
     try:
         for path in table.plots(args.plots) if args.plots is not None else []:
             print(f"wrote {path}", file=sys.stderr)

@@ -18,6 +18,7 @@ from rosebench.tracking.store import save_runs_view
 from rosebench.tracking.table import SWEEP_PARENT_TAG, Table, child_runs, row_from_run
 
 SWEEP_TABLE = "sweep_table.json"
+FRONTIER_FILE = "frontier.json"  # a sweep over a load knob: its points, frontier and knee, by knob
 SWEEP_DIR_TAG = "sweep_dir"  # the sweep folder's absolute path: an upload finds the sweep's parent by it
 _PARAMS_PER_BATCH = 100  # MLflow's limit for one log_batch call
 
@@ -78,8 +79,8 @@ def best_metrics(children: Sequence[Run]) -> dict[str, float]:
 
 
 def close_sweep_parent(client: MlflowClient, parent_run_id: str, status: str | None = None) -> str:
-    """Give the parent the sweep's params, its best headline figures, the children's table and plots, and
-    end it; returns the status it ended with.
+    """Give the parent the sweep's params, its best headline figures, the children's table and plots (and,
+    for a sweep over a load knob, its frontier summary), and end it; returns the status it ended with.
 
     Without `status`: FINISHED when there are children and all finished, else FAILED. Closing again (an
     upload after an interrupted sweep) adds the params not yet logged: MLflow's params never change.
@@ -99,6 +100,8 @@ def close_sweep_parent(client: MlflowClient, parent_run_id: str, status: str | N
             client.log_batch(parent_run_id, params=params[start : start + _PARAMS_PER_BATCH])
         if table.rows:
             client.log_table(parent_run_id, data=table.columns(), artifact_file=SWEEP_TABLE)
+            if frontiers := table.frontiers():  # before the plots: a plot that fails leaves the figures
+                client.log_dict(parent_run_id, frontiers, FRONTIER_FILE)
             with tempfile.TemporaryDirectory() as tmp:
                 for png in table.plots(Path(tmp)):
                     client.log_artifact(parent_run_id, str(png), artifact_path="plots")

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from mlflow import MlflowClient
 from mlflow.entities import Run
@@ -19,7 +20,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from rosebench.overrides import override_values
-from rosebench.tracking.mlflow_log import FIGURES_TABLE, rounded
+from rosebench.tracking.frontier import frontier_summary, load_knobs, plot_frontier
+from rosebench.tracking.mlflow_log import FIGURES_TABLE, PROFILE_PREFIX, rounded
 from rosebench.tracking.plots import PLOTTED_METRICS, SweepPoint, plot_sweep
 from rosebench.tracking.run_folder import config_params, read_run
 
@@ -50,31 +52,39 @@ def _with_overrides(params: dict[str, str], overrides: list[str]) -> tuple[dict[
 
 
 def row_from_run(run: Run, client: MlflowClient | None = None, sweeps: Mapping[str, str] = {}) -> RunRow:
-    """A row from an MLflow run logged by rosebench.tracking; with `client`, the spread comes from its
-    figures table. `sweeps` names parent runs by id."""
+    """A row from an MLflow run logged by rosebench.tracking; with `client`, the spread, and the figures
+    beyond the headline ones (the frontier's mean TPOT), come from its figures table, so that the row holds
+    what a row from the run's folder holds. `sweeps` names parent runs by id."""
     tags = run.data.tags
     parent = tags.get(MLFLOW_PARENT_RUN_ID)
+    means, spread = _logged_figures(client, run.info.run_id) if client is not None else ({}, {})
     return RunRow(
         run.info.run_name or run.info.run_id,
         run.info.status,
         *_with_overrides(dict(run.data.params), json.loads(tags.get("hydra_overrides", "[]"))),
-        metrics=dict(run.data.metrics),
-        spread=_logged_spread(client, run.info.run_id) if client is not None else {},
+        metrics={**means, **run.data.metrics},
+        spread=spread,
         sweep=sweeps.get(parent, parent) if parent else "",
         started=(run.info.start_time or 0) / 1000,
         job_num=float(tags["hydra_job_num"]) if "hydra_job_num" in tags else math.inf,
     )
 
 
-def _logged_spread(client: MlflowClient, run_id: str) -> dict[str, float]:
-    """The standard deviations in the run's figures table; none when it has no table (older runs)."""
+def _logged_figures(client: MlflowClient, run_id: str) -> tuple[dict[str, float], dict[str, float]]:
+    """The means (the profile's left out, as results.json's metrics leave them out) and standard deviations
+    in the run's figures table; none when it has no table (older runs)."""
     with tempfile.TemporaryDirectory() as tmp:
         try:
             table = json.loads(Path(client.download_artifacts(run_id, FIGURES_TABLE, tmp)).read_text())
         except (OSError, ValueError, MlflowException):
-            return {}
+            return {}, {}
     rows = [dict(zip(table["columns"], row, strict=True)) for row in table["data"]]
-    return {row["metric"]: row["std"] for row in rows if isinstance(row.get("std"), (int, float))}
+    means = {
+        row["metric"]: float(row["mean"])
+        for row in rows
+        if isinstance(row.get("mean"), (int, float)) and not row["metric"].startswith(PROFILE_PREFIX)
+    }
+    return means, {row["metric"]: row["std"] for row in rows if isinstance(row.get("std"), (int, float))}
 
 
 def row_from_folder(run_dir: Path) -> RunRow:
@@ -167,15 +177,33 @@ class Table:
         return [SweepPoint(row.params, row.metrics, row.spread) for row in self.rows]
 
     def plots(self, out_dir: Path) -> list[Path]:
-        """Metric-vs-param PNGs; for runs of several sweeps, one folder per sweep of more than one run."""
+        """Metric-vs-param PNGs, and a sweep over a load knob's frontier and latency-vs-throughput PNGs; for
+        runs of several sweeps, one folder per sweep of more than one run."""
         if not self.grouped:
-            return plot_sweep(self.points(), self._plotted(), out_dir)
+            paths = plot_sweep(self.points(), self._plotted(), out_dir)
+            for knob in load_knobs(self._plotted()):
+                paths += plot_frontier(self.points(), knob, self._plotted(), out_dir)
+            return paths
         paths = []
         for number, rows in enumerate(sweeps(self.rows).values(), start=1):
             if len(rows) > 1:
                 table = Table.of(rows)
                 paths += table.plots(out_dir / f"sweep{number}")
         return paths
+
+    def frontiers(self) -> dict[str, dict[str, Any]]:
+        """Each swept load knob's frontier summary (``frontier.json``); none for runs of several sweeps,
+        whose points are no one frontier (see `sweep_tables`)."""
+        if self.grouped:
+            return {}
+        plotted = self._plotted()
+        return {knob: frontier_summary(self.points(), knob, plotted) for knob in load_knobs(plotted)}
+
+    def sweep_tables(self) -> dict[str, Table]:
+        """The table of each sweep of more than one run, by sweep; this table alone when it is one sweep."""
+        if not self.grouped:
+            return {self.rows[0].sweep if self.rows else "": self}
+        return {name: Table.of(rows) for name, rows in sweeps(self.rows).items() if len(rows) > 1}
 
     def _plotted(self) -> list[str]:
         """The swept keys the user typed (a derived one, like engine.max_num_seqs, follows one of them)."""
