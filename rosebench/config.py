@@ -23,6 +23,7 @@ from rosebench.engine.sequence import SamplingParams
 from rosebench.overrides import override_values
 from rosebench.profiling.settings import ProfileSettings
 from rosebench.scheduler.config import SchedulerConfig
+from rosebench.slo import SloConfig
 from rosebench.target.settings import TARGET_KINDS, EngineTarget
 from rosebench.tracking.settings import TrackingSettings
 from rosebench.workload.build import WORKLOAD_KINDS
@@ -56,6 +57,7 @@ class RunConfig:
     # One of TARGET_KINDS, chosen with target=KIND (conf/config.yaml picks engine). MISSING in the schema, as
     # workload, because a group option of another kind cannot merge into a node typed by a default.
     target: Any = MISSING
+    slo: SloConfig = field(default_factory=SloConfig)  # latency bounds: goodput, a capacity search's target
     profile: ProfileSettings = field(default_factory=ProfileSettings)
     tracking: TrackingSettings = field(default_factory=TrackingSettings)
 

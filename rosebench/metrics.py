@@ -9,6 +9,10 @@ the server's token count) and arrival is when the request was sent.
 A failed request (over HTTP: an error status, a broken connection, a timeout) is counted in
 ``failed_requests`` and adds nothing to the token counts, throughputs and latencies, which are over the
 requests that succeeded; in-process none fails.
+
+Goodput (DistServe's, as vLLM's ``--goodput``): the requests that met every bound of the run's SLO
+(``rosebench.slo``) per second of the pass; ``slo_attainment`` is their share of all the requests (a failed
+one met none).
 """
 
 from __future__ import annotations
@@ -20,12 +24,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from rosebench.scheduler.records import PassResult, RequestRecord
+from rosebench.slo import SloConfig
 
 PERCENTILES = (50, 90, 99)
 
 
-def pass_metrics(result: PassResult) -> dict[str, float]:
-    """Every figure of one pass; ``cuda_*`` and ``peak_rss_mb`` only when the pass measured them."""
+def pass_metrics(result: PassResult, slo: SloConfig | None = None) -> dict[str, float]:
+    """Every figure of one pass; ``cuda_*`` and ``peak_rss_mb`` only when the pass measured them, and
+    ``goodput_req_s`` and ``slo_attainment`` only under an SLO with a bound."""
     records, stats = result.records, result.stats
     succeeded = [r for r in records if r.error is None]
     prompt_tokens = sum(len(r.prompt_token_ids) for r in succeeded)
@@ -49,22 +55,22 @@ def pass_metrics(result: PassResult) -> dict[str, float]:
             "request_throughput_req_s": _per_second(len(succeeded), elapsed),
         }
     )
+    if slo is not None and slo.bounded:
+        met = sum(slo_met(r, slo) for r in records)
+        metrics["goodput_req_s"] = _per_second(met, elapsed)
+        metrics["slo_attainment"] = met / len(records) if records else 0.0
     answered = [r for r in succeeded if r.token_times_s]
-    latencies_s = {
-        "ttft": [r.token_times_s[0] - r.arrival_s for r in answered],
-        "tpot": [
-            (_finish_s(r) - r.token_times_s[0]) / (r.num_completion_tokens - 1)
-            for r in answered
-            if r.num_completion_tokens > 1
-        ],
-        "itl": [b - a for r in answered for a, b in itertools.pairwise(r.token_times_s)],
-        "e2e": [_finish_s(r) - r.arrival_s for r in answered],
+    per_request_ms = [_latencies_ms(r) for r in answered]
+    latencies_ms = {
+        "ttft": [ttft for ttft, _, _ in per_request_ms],
+        "tpot": [tpot for _, tpot, _ in per_request_ms if tpot is not None],
+        "itl": [(b - a) * 1e3 for r in answered for a, b in itertools.pairwise(r.token_times_s)],
+        "e2e": [e2e for _, _, e2e in per_request_ms],
     }
     # A figure with no samples (TPOT and ITL with one output token each, decode steps when every
     # request ends at its prefill) is left out, never reported as 0.
-    for name, values_s in latencies_s.items():
-        if values_s:
-            values_ms = [v * 1e3 for v in values_s]
+    for name, values_ms in latencies_ms.items():
+        if values_ms:
             metrics[f"{name}_ms_mean"] = statistics.fmean(values_ms)
             metrics.update({f"{name}_ms_p{q}": percentile(values_ms, q) for q in PERCENTILES})
     if stats.decode_step_s:
@@ -104,11 +110,30 @@ def aggregate(passes: list[dict[str, float]]) -> tuple[dict[str, float], dict[st
     return mean, std
 
 
-def request_rows(result: PassResult, detokenize: Callable[[list[int]], str]) -> list[dict[str, Any]]:
-    """One JSON-ready row per request (for outputs.jsonl); latencies in ms, ``None`` where not reached."""
+def slo_met(record: RequestRecord, slo: SloConfig) -> bool:
+    """Whether a request met every bound of ``slo``; a failed or unanswered request did not."""
+    if record.error is not None or not record.token_times_s:
+        return False
+    ttft_ms, tpot_ms, e2e_ms = _latencies_ms(record)
+    return slo.met(ttft_ms, tpot_ms, e2e_ms)
+
+
+def _latencies_ms(r: RequestRecord) -> tuple[float, float | None, float]:
+    """An answered request's TTFT, TPOT (None with one output token) and E2E in ms, as pass_metrics's."""
+    first, finish = r.token_times_s[0], _finish_s(r)
+    tpot = (finish - first) / (r.num_completion_tokens - 1) * 1e3 if r.num_completion_tokens > 1 else None
+    return (first - r.arrival_s) * 1e3, tpot, (finish - r.arrival_s) * 1e3
+
+
+def request_rows(
+    result: PassResult, detokenize: Callable[[list[int]], str], slo: SloConfig | None = None
+) -> list[dict[str, Any]]:
+    """One JSON-ready row per request (for outputs.jsonl); latencies in ms, ``None`` where not reached;
+    under an SLO with a bound, whether the request met it (``slo_met``, what goodput counts)."""
     rows = []
     for r in result.records:
         first, finish = r.first_token_s, r.finish_s
+        answered = r.error is None and bool(r.token_times_s)
         rows.append(
             {
                 "request_id": r.request_id,
@@ -119,6 +144,7 @@ def request_rows(result: PassResult, detokenize: Callable[[list[int]], str]) -> 
                 "first_token_s": first,
                 "finish_s": finish,
                 "ttft_ms": None if first is None else (first - r.arrival_s) * 1e3,
+                "tpot_ms": _latencies_ms(r)[1] if answered else None,
                 "e2e_ms": None if finish is None else (finish - r.arrival_s) * 1e3,
                 "finish_reason": r.finish_reason,
                 "num_cached_tokens": r.num_cached_tokens,
@@ -127,6 +153,8 @@ def request_rows(result: PassResult, detokenize: Callable[[list[int]], str]) -> 
                 "error": r.error,
             }
         )
+        if slo is not None and slo.bounded:
+            rows[-1]["slo_met"] = slo_met(r, slo)
     return rows
 
 

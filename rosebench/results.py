@@ -25,6 +25,8 @@ HEADLINE_METRICS: dict[str, bool] = {
     "throughput_completion_tok_s": True,
     "throughput_total_tok_s": True,
     "request_throughput_req_s": True,
+    "goodput_req_s": True,
+    "slo_attainment": True,
     **{f"{m}_ms_{q}": False for m in ("ttft", "tpot", "itl", "e2e") for q in ("p50", "p99")},
     "cuda_max_allocated_mb": False,
     "peak_rss_mb": False,

@@ -220,7 +220,9 @@ def drive_passes(
             with ConditionsProbe(engine_threads) as probe:
                 result = run_pass(label, True)
             outcome.passes.append(result)
-            outcome.pass_metrics.append({**metrics.pass_metrics(result), **probe.conditions.metrics()})
+            outcome.pass_metrics.append(
+                {**metrics.pass_metrics(result, config.slo), **probe.conditions.metrics()}
+            )
             # The pass is kept: from here an interrupt falls between passes (set before the line a user,
             # or a test, may act on).
             done, label = label, "the gap between passes"

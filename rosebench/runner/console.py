@@ -14,6 +14,8 @@ _LINES = [
     ("completion throughput (tok/s)", "throughput_completion_tok_s", "{:.1f}"),
     ("total throughput (tok/s)", "throughput_total_tok_s", "{:.1f}"),
     ("request throughput (req/s)", "request_throughput_req_s", "{:.2f}"),
+    ("goodput (req/s)", "goodput_req_s", "{:.2f}"),
+    ("SLO attainment", "slo_attainment", "{:.1%}"),
 ]
 _LATENCIES = [("TTFT", "ttft_ms"), ("TPOT", "tpot_ms"), ("ITL", "itl_ms"), ("E2E", "e2e_ms")]
 _ENGINE = [
@@ -41,8 +43,11 @@ _CONDITIONS = [
 
 
 UNMEASURED = "-"  # a figure with no samples (TPOT with one output token each): absent, never 0
-# CPU runs have no CUDA figures; compile and capture figures exist only when they happened.
+# Goodput exists only under an SLO, CUDA figures only on CUDA, compile and capture figures only when they
+# happened.
 _NOT_APPLICABLE_WHEN_ABSENT = {
+    "goodput_req_s",
+    "slo_attainment",
     "cuda_max_allocated_mb",
     "cuda_max_reserved_mb",
     "cuda_graph_pool_mb",
