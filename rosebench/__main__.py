@@ -18,9 +18,11 @@ from typing import TYPE_CHECKING, Any
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.types import ValueType
+from hydra.core.plugins import Plugins
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from hydra_plugins.rosebench_capacity.capacity_sweeper import CapacitySweeper
 from rosebench import signals
 from rosebench.conf_dir import conf_dir
 from rosebench.config import ConfigError, RunConfig, load_config, register_configs
@@ -38,6 +40,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("rosebench")
 register_configs()
+# Hydra finds sweepers by walking the hydra_plugins package, which misses an editable install's (pip
+# install -e .): hydra/sweeper=capacity is registered here instead (importing it stores its config node).
+Plugins.instance().register(CapacitySweeper)
 
 
 def _now() -> str:
@@ -56,19 +61,21 @@ def _run_name(config: RunConfig, model: str, overrides: list[str], swept: list[s
     return "-".join([config.mode, *shown, *weights]) if shown else f"{config.mode}-{model}"
 
 
-def _swept_keys(sweep_dir: Path, sweeper_params: Any) -> list[str]:
+def _swept_keys(sweep_dir: Path, sweeper: Any) -> list[str]:
     """The keys the sweep varies, in command-line order: the launcher saved its overrides in
-    multirun.yaml (each job's own overrides hold single values); then the sweeper's config params."""
+    multirun.yaml (each job's own overrides hold single values); then the sweeper's config params, or the
+    knob a capacity search moves."""
     saved = sweep_dir / "multirun.yaml"
     overrides = OmegaConf.load(saved).hydra.overrides.task if saved.is_file() else []
-    return list(dict.fromkeys([*swept_keys(overrides), *(sweeper_params or {})]))
+    searched = [sweeper.knob] if "knob" in sweeper else []
+    return list(dict.fromkeys([*swept_keys(overrides), *(sweeper.get("params") or {}), *searched]))
 
 
 def _run_info(config: RunConfig, model: str) -> RunInfo:
     hc = HydraConfig.get()
     overrides = list(hc.overrides.task)
     multirun = hc.mode == RunMode.MULTIRUN
-    swept = _swept_keys(Path(hc.sweep.dir), hc.sweeper.get("params")) if multirun else []
+    swept = _swept_keys(Path(hc.sweep.dir), hc.sweeper) if multirun else []
     return RunInfo(
         name=_run_name(config, model, overrides, swept),
         mode=config.mode,
@@ -160,7 +167,9 @@ def _measure(
             print(outcome.profile.summary.format())
         texts = {RESULTS_FILE: results.to_json()}
         if outcome.passes:
-            texts[OUTPUTS_FILE] = outputs_text(metrics.request_rows(outcome.passes[-1], setup.detokenize))
+            texts[OUTPUTS_FILE] = outputs_text(
+                metrics.request_rows(outcome.passes[-1], setup.detokenize, config.slo)
+            )
         unwritten = _write_files(run_dir, texts, results, tracked)
     record = tracked.record if tracked is not None else None
     if tracked is not None and tracked.unwritten:

@@ -53,9 +53,11 @@ def name_part(override: Override) -> str:
     return line if len(line) <= NAME_PART_CHARS else line[: NAME_PART_CHARS - 1] + "…"
 
 
-def sweep_name(overrides: Iterable[str]) -> str:
-    """``sweep num_requests=1,16,64 (engine=tiny)``: what was swept first, then what was fixed."""
+def sweep_name(overrides: Iterable[str], searched: str | None = None) -> str:
+    """``sweep num_requests=1,16,64 (engine=tiny)``: what was swept first, then what was fixed; a capacity
+    search's: ``capacity scheduler.request_rate (engine=tiny slo.ttft_ms=200)``."""
     named = naming_overrides(overrides)
     swept = [name_part(o) for o in named if o.is_sweep_override()]
     fixed = [name_part(o) for o in named if not o.is_sweep_override()]
-    return " ".join(["sweep", *swept, *([f"({' '.join(fixed)})"] if fixed else [])])
+    head = ["capacity", searched] if searched else ["sweep"]
+    return " ".join([*head, *swept, *([f"({' '.join(fixed)})"] if fixed else [])])

@@ -215,6 +215,8 @@ def test_report_groups_two_sweeps(tmp_path: Path) -> None:
     assert sweeps[0].startswith("sweep num_requests=1,2") and sweeps[2].startswith("sweep max_new_tokens=2,3")
     assert [row["num_requests"] for row in rows[:2]] == ["1", "2"]
     assert sorted(p.relative_to(tmp_path / "p").as_posix() for p in (tmp_path / "p").rglob("*.png")) == [
+        "sweep1/frontier_num_requests.png",  # num_requests is a load knob: its frontier too
+        "sweep1/latency_vs_throughput_num_requests.png",
         "sweep1/metrics_vs_num_requests.png",
         "sweep2/metrics_vs_max_new_tokens.png",
     ]

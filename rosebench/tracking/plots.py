@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,9 +38,10 @@ def _as_float(text: str) -> float | None:
 
 
 def _x_axis(values: Sequence[str]) -> tuple[dict[str, float], str]:
-    """Where each value goes on the x axis, and the axis kind: linear, log (wide range) or category."""
+    """Where each value goes on the x axis, and the axis kind: linear, log (wide range) or category (text, or
+    a value no axis can place: ``scheduler.request_rate=inf``)."""
     numbers = {v: _as_float(v) for v in values}
-    if any(n is None for n in numbers.values()):
+    if any(n is None or not math.isfinite(n) for n in numbers.values()):
         return {v: float(i) for i, v in enumerate(numbers)}, "category"
     positions = {v: n for v, n in numbers.items() if n is not None}
     low, high = min(positions.values()), max(positions.values())

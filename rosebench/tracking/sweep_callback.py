@@ -72,7 +72,8 @@ class MlflowSweepCallback(Callback):
             client = connect(self.tracking_uri)
             self.experiment_id = get_or_create_experiment(client, self.experiment, self.tracking_uri)
             shown = [redact(o) for o in overrides]
-            self.parent_run_id = create_sweep_parent(client, self.experiment_id, sweep_dir, shown)
+            knob = OmegaConf.select(config, "hydra.sweeper.knob")  # a capacity search's
+            self.parent_run_id = create_sweep_parent(client, self.experiment_id, sweep_dir, shown, knob)
             handoff = SweepHandoff(redact_uri(self.tracking_uri), self.experiment_id, self.parent_run_id)
             handoff.write(sweep_dir)
         except Exception as error:
@@ -89,13 +90,24 @@ class MlflowSweepCallback(Callback):
         if self.parent_run_id is None or self.tracking_uri is None:
             return
         from rosebench.failed_points import failed_points
+        from rosebench.tracking.capacity_log import log_capacity
+        from rosebench.tracking.settings import describe_error
         from rosebench.tracking.store import connect, runs_table_url
         from rosebench.tracking.sweep_parent import close_sweep_parent
+        from rosebench.tracking.tracked_run import TrackingWarning
 
-        refused = failed_points(Path(config.hydra.sweep.dir))  # points with no run: all children finished
-        status = close_sweep_parent(
-            connect(self.tracking_uri), self.parent_run_id, "FAILED" if refused else None
-        )
+        sweep_dir = Path(config.hydra.sweep.dir)
+        refused = failed_points(sweep_dir)  # points with no run: all children finished
+        client = connect(self.tracking_uri)
+        try:  # a capacity search's bracket, probes and plot
+            log_capacity(client, self.parent_run_id, sweep_dir)
+        except Exception as error:  # the parent is closed all the same; the report stays in the sweep folder
+            warnings.warn(
+                f"capacity report not logged on the sweep's parent run ({describe_error(error)})",
+                TrackingWarning,
+                stacklevel=2,
+            )
+        status = close_sweep_parent(client, self.parent_run_id, "FAILED" if refused else None)
         atexit.unregister(self.close_unfinished)  # only now: if closing failed, the exit hook retries
         url = runs_table_url(self.tracking_uri, self.experiment_id or "", view=self.parent_run_id)
         log.info("sweep parent run %s ended %s: %s", self.parent_run_id, status, url)

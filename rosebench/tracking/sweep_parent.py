@@ -24,13 +24,18 @@ _PARAMS_PER_BATCH = 100  # MLflow's limit for one log_batch call
 
 
 def create_sweep_parent(
-    client: MlflowClient, experiment_id: str, sweep_dir: Path, overrides: list[str]
+    client: MlflowClient,
+    experiment_id: str,
+    sweep_dir: Path,
+    overrides: list[str],
+    searched: str | None = None,
 ) -> str:
-    """A RUNNING parent run for a sweep, made with the client so no fluent run leaks into in-process jobs."""
-    keys = swept_keys(overrides)
+    """A RUNNING parent run for a sweep, made with the client so no fluent run leaks into in-process jobs;
+    ``searched``: the knob a capacity search moves."""
+    keys = [*swept_keys(overrides), *([searched] if searched else [])]
     run = client.create_run(
         experiment_id,
-        run_name=sweep_name(overrides),
+        run_name=sweep_name(overrides, searched),
         tags={
             SWEEP_PARENT_TAG: "yes",
             SWEEP_DIR_TAG: str(sweep_dir.resolve()),

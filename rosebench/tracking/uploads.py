@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 
 from rosebench.overrides import parse_overrides, swept_keys
 from rosebench.results import RESULTS_FILE
+from rosebench.tracking.capacity_log import log_capacity
 from rosebench.tracking.mlflow_log import RUN_DIR_TAG, log_run_folder
 from rosebench.tracking.run_folder import (
     TrackingRecord,
@@ -174,8 +175,17 @@ def sweep_overrides(sweep_dir: Path) -> list[str]:
     return [str(o) for o in OmegaConf.to_container(task, resolve=False)]
 
 
+def searched_knob(sweep_dir: Path) -> str | None:
+    """The knob a capacity search moved (its sweeper's setting in multirun.yaml), None for a grid sweep."""
+    multirun = sweep_dir / "multirun.yaml"
+    return OmegaConf.select(OmegaConf.load(multirun), "hydra.sweeper.knob") if multirun.is_file() else None
+
+
 def never_ran(sweep_dir: Path, jobs: list[Path]) -> list[str]:
-    """The sweep's points (its swept ``key=value`` pairs) that have no job folder."""
+    """The sweep's points (its swept ``key=value`` pairs) that have no job folder. A capacity search chose
+    its points as it went: none was due in advance."""
+    if searched_knob(sweep_dir) is not None:
+        return []
     overrides = sweep_overrides(sweep_dir)
     swept = set(swept_keys(overrides))
     expected = [
@@ -234,7 +244,8 @@ def upload_sweep(client: MlflowClient, uri: str, sweep_dir: Path, experiment: st
         parent_run_id, experiment_id = parent.info.run_id, parent.info.experiment_id
     else:
         experiment_id = get_or_create_experiment(client, experiment, uri)
-        parent_run_id = create_sweep_parent(client, experiment_id, sweep_dir, sweep_overrides(sweep_dir))
+        overrides, knob = sweep_overrides(sweep_dir), searched_knob(sweep_dir)
+        parent_run_id = create_sweep_parent(client, experiment_id, sweep_dir, overrides, knob)
         _write_handoff(sweep_dir, uri, experiment_id, parent_run_id)
     for job_dir in pending:
         run = found[job_dir]
@@ -248,6 +259,7 @@ def upload_sweep(client: MlflowClient, uri: str, sweep_dir: Path, experiment: st
             print(f"put {job_dir}'s run {run.info.run_id}, logged alone, under the sweep's parent run")
     current = client.get_run(parent_run_id).info.status  # a stopped sweep's parent keeps its KILLED
     status = current if current != "RUNNING" else "FAILED" if missing else None
+    log_capacity(client, parent_run_id, sweep_dir)
     status = close_sweep_parent(client, parent_run_id, status)
     print(
         f"sweep parent run {parent_run_id} ended {status} ({len(pending)} of {len(started)} jobs logged now)"
