@@ -58,7 +58,7 @@ def test_wilson_interval_holds_the_share_and_narrows_with_more_requests(met, req
 def test_brackets_by_doubling_then_bisects_to_the_tolerance():
     search = CapacitySearch(CapacitySettings(start=1, tolerance=0.05, budget=50), target=0.9)
     ran = run_search(search, step_system(5.3))
-    assert ran[:4] == [1, 2, 4, 8]  # doubling until the first failure
+    assert ran == [1, 2, 4, 8, 6, 5, 5.5, 5.25]  # doubling to the first failure, then midpoints
     assert search.lower is not None and search.upper is not None
     assert search.lower <= 5.3 < search.upper
     assert search.upper - search.lower <= 0.05 * search.lower
