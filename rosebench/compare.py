@@ -1,26 +1,37 @@
-"""Did my change help? Compare a baseline and a candidate: runs, sweeps, or MLflow runs.
+"""Did my change help? Compare a baseline and a candidate: runs, sweeps, capacity searches, or MLflow runs.
 
 A folder of runs that differ only in ``trial`` is one side of several runs (see the README: take the two
-sides' runs in turn). A sweep folder's points are matched by their other swept values.
+sides' runs in turn). A sweep folder's points are matched by their other swept values. A capacity search
+(``hydra/sweeper=capacity``: its sweep folder holds capacity.json, as its MLflow parent run's artifacts do)
+is compared with another by the ratio of their capacities, an interval from the two brackets and a verdict
+(better / worse / cannot tell; rosebench.capacity_comparison); --metric, --allow, --allow-contended and
+--seed do not apply to it.
 
 python -m rosebench.compare outputs/2026-11-30/10-00-00 outputs/2026-11-30/10-05-00
 python -m rosebench.compare outputs/multirun/A outputs/multirun/B --markdown cmp.md --json cmp.json
 python -m rosebench.compare RUN_ID_A RUN_ID_B --uri sqlite:///mlflow.db --fail-if-worse 5
 python -m rosebench.compare A B --allow engine.attention   # the one key the change is about
 python -m rosebench.compare A B --fail-if-worse 5 --allow-contended   # judge runs taken on a busy machine
+python -m rosebench.compare outputs/capacity/A outputs/capacity/B --fail-if-worse 10   # two capacity searches
 
 A side needs finished timed passes. A run that ended FAILED or KILLED, or one whose timed passes shared the
 machine with busy processes (results.json ``run.contended``), is compared with a warning; --fail-if-worse
 refuses to judge it (a contended one unless --allow-contended), and refuses a --metric either side lacks.
 
+For two capacity searches, --fail-if-worse PCT fails when the whole capacity ratio interval lies at or
+below 1 - PCT/100, and refuses to judge an interval with no upper bound (a baseline that held nothing, or a
+candidate that held every value it probed): no candidate could fail it.
+
 Exit codes: 0 compared; 1 the candidate is worse than --fail-if-worse allows, with the interval excluding
 no change; 2 bad input (unreadable side, a side with no finished timed pass, configs that differ in keys
---allow does not name, a side the gate refuses, an output file that cannot be written).
+--allow does not name, a side the gate refuses, an output file that cannot be written; a capacity search
+against anything else, two searches of different knobs or SLOs, an option that does not apply to them).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import sys
@@ -28,6 +39,17 @@ import tempfile
 import time
 from pathlib import Path
 
+from rosebench.capacity import CAPACITY_FILE
+from rosebench.capacity_comparison import (
+    CapacityComparison,
+    CapacitySide,
+    compare_capacity,
+    not_applicable,
+    worse_than,
+)
+from rosebench.capacity_comparison import to_json as capacity_json
+from rosebench.capacity_comparison import to_markdown as capacity_markdown
+from rosebench.capacity_comparison import to_text as capacity_text
 from rosebench.comparison import (
     Comparison,
     ComparisonError,
@@ -55,9 +77,15 @@ def _fail(message: str) -> int:
     return 2
 
 
-def _side(source: str, uri: str | None, downloads: Path) -> Run | dict[str, Run]:
-    """A run folder, a sweep folder (its runs by swept values), or an MLflow run id."""
+Side = Run | dict[str, Run] | CapacitySide
+
+
+def _side(source: str, uri: str | None, downloads: Path) -> Side:
+    """A run folder, a capacity search's sweep folder (or its capacity.json), a sweep folder (its runs by
+    swept values), or an MLflow run id."""
     path = Path(source)
+    if (path / CAPACITY_FILE).is_file() or (path.name == CAPACITY_FILE and path.is_file()):
+        return CapacitySide.load(path, label=source)
     if (path / RESULTS_FILE).is_file():
         return Run.from_folder(path)
     if path.is_dir():
@@ -70,7 +98,8 @@ def _side(source: str, uri: str | None, downloads: Path) -> Run | dict[str, Run]
     return _mlflow_run(source, uri, downloads)
 
 
-def _mlflow_run(run_id: str, uri: str | None, downloads: Path) -> Run:
+def _mlflow_run(run_id: str, uri: str | None, downloads: Path) -> Run | CapacitySide:
+    """The run's results.json, or its capacity.json when it is a capacity search's parent run."""
     from rosebench.tracking.store import connect, resolve_tracking_uri, sqlite_path
 
     try:
@@ -86,10 +115,13 @@ def _mlflow_run(run_id: str, uri: str | None, downloads: Path) -> Run:
         target = downloads / run_id
         target.mkdir()
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one small file
-        client.download_artifacts(run_id, RESULTS_FILE, str(target))
+        capacity = any(a.path == CAPACITY_FILE for a in client.list_artifacts(run_id))
+        client.download_artifacts(run_id, CAPACITY_FILE if capacity else RESULTS_FILE, str(target))
     except Exception as error:  # the store: unreachable, no such run, ...
         message = f"{run_id}: not a folder, and not a run in {redact_uri(resolved)} ({describe_error(error)})"
         raise ComparisonError(message) from None
+    if capacity:
+        return CapacitySide.load(target, label=f"run {run_id}", run_id=run_id)
     return Run.from_folder(target, label=f"run {run_id}", run_id=run_id)
 
 
@@ -98,6 +130,42 @@ def _log_comparison(
 ) -> str:
     """The comparison as an MLflow run: the ratios and intervals as metrics, both sides' run ids as tags,
     the Markdown and JSON reports as artifacts. Returns where to look at it."""
+    first = comparisons[0]
+    tags = {"baseline": first.baseline, "candidate": first.candidate}
+    if len(comparisons) == 1:  # a sweep's points each have their own runs
+        tags |= {"baseline_run_id": first.baseline_run_id, "candidate_run_id": first.candidate_run_id}
+    metrics: dict[str, float] = {}
+    for c in comparisons:
+        prefix = re.sub(r"[^\w./ -]", "_", f"{c.point}/") if c.point else ""  # MLflow's allowed characters
+        for m in c.metrics:
+            figures = {"ratio": m.ratio, "ci_low": m.ci_low, "ci_high": m.ci_high}
+            metrics |= {f"{k}/{prefix}{m.metric}": v for k, v in figures.items() if v is not None}
+    return _log_run(metrics, tags, reports, uri, experiment)
+
+
+def _log_capacity(c: CapacityComparison, reports: dict[str, str], uri: str | None, experiment: str) -> str:
+    """A capacity comparison as an MLflow run: the ratio and its interval's bounded ends as metrics, the
+    verdict and both sides' parent run ids as tags, the reports as artifacts."""
+    figures = {
+        "capacity_ratio": c.ratio,
+        "capacity_ratio_low": c.ratio_low,
+        "capacity_ratio_high": c.ratio_high,
+    }
+    metrics = {k: v for k, v in figures.items() if v is not None and math.isfinite(v)}
+    tags = {"baseline": c.baseline, "candidate": c.candidate, "capacity_verdict": c.verdict}
+    tags |= {"baseline_run_id": c.baseline_run_id, "candidate_run_id": c.candidate_run_id}
+    return _log_run(metrics, tags, reports, uri, experiment)
+
+
+def _log_run(
+    metrics: dict[str, float],
+    tags: dict[str, str | None],
+    reports: dict[str, str],
+    uri: str | None,
+    experiment: str,
+) -> str:
+    """One finished MLflow run named after the two sides (``tags``' baseline and candidate) holding these
+    metrics, tags and reports. Returns where to look at it."""
     from mlflow.entities import Metric, RunTag
 
     from rosebench.tracking.store import (
@@ -111,23 +179,13 @@ def _log_comparison(
     resolved = resolve_tracking_uri(uri)
     client = connect(resolved)
     experiment_id = get_or_create_experiment(client, experiment, resolved)
-    first = comparisons[0]
-    tags = {"baseline": first.baseline, "candidate": first.candidate}
-    if len(comparisons) == 1:  # a sweep's points each have their own runs
-        tags |= {"baseline_run_id": first.baseline_run_id, "candidate_run_id": first.candidate_run_id}
-    name = f"compare {Path(first.baseline).name} vs {Path(first.candidate).name}"
+    name = f"compare {Path(tags['baseline'] or '').name} vs {Path(tags['candidate'] or '').name}"
     run = client.create_run(experiment_id, run_name=name)
     now = int(time.time() * 1000)
-    metrics = []
-    for c in comparisons:
-        prefix = re.sub(r"[^\w./ -]", "_", f"{c.point}/") if c.point else ""  # MLflow's allowed characters
-        for m in c.metrics:
-            figures = {"ratio": m.ratio, "ci_low": m.ci_low, "ci_high": m.ci_high}
-            metrics += [
-                Metric(f"{k}/{prefix}{m.metric}", v, now, 0) for k, v in figures.items() if v is not None
-            ]
     client.log_batch(
-        run.info.run_id, metrics=metrics, tags=[RunTag(k, v) for k, v in tags.items() if v is not None]
+        run.info.run_id,
+        metrics=[Metric(k, v, now, 0) for k, v in metrics.items()],
+        tags=[RunTag(k, v) for k, v in tags.items() if v is not None],
     )
     for artifact, text in reports.items():
         client.log_text(run.info.run_id, text, artifact)
@@ -149,9 +207,61 @@ def _worse_than(comparisons: list[Comparison], metric: str, pct: float) -> list[
     return failing
 
 
+def _kind(side: Side) -> str:
+    if isinstance(side, CapacitySide):
+        return "a capacity search"
+    return "a sweep" if isinstance(side, dict) else "a run"
+
+
+def _not_applicable(args: argparse.Namespace) -> list[str]:
+    """The run-comparison options given that a capacity comparison would silently ignore."""
+    given = {
+        "--metric": args.metric is not None,
+        "--allow": bool(args.allow),
+        "--allow-contended": args.allow_contended,
+        "--seed": args.seed is not None,
+    }
+    return [option for option, present in given.items() if present]
+
+
+def _write_reports(outputs: dict[str, tuple[Path | None, str]], reports: dict[str, str]) -> int | None:
+    """Write the reports --markdown and --json ask for; the exit code when one cannot be written."""
+    for option, (path, artifact) in outputs.items():
+        if path is not None:
+            try:
+                write_atomic(path, reports[artifact])
+            except OSError as error:  # checked above; a full disk or a folder removed meanwhile
+                return _fail(f"{option} {path}: could not write it ({error.strerror or error})")
+    return None
+
+
+def _compare_capacity(
+    args: argparse.Namespace, c: CapacityComparison, outputs: dict[str, tuple[Path | None, str]]
+) -> int:
+    """Print, write and log a capacity comparison, then judge it for --fail-if-worse (its gate refusal is
+    raised before anything is printed, as a run comparison's is)."""
+    judged = None if args.fail_if_worse is None else worse_than(c, args.fail_if_worse)
+    sys.stdout.write(capacity_text(c))
+    reports = {"comparison.md": capacity_markdown(c), "comparison.json": capacity_json(c)}
+    if (code := _write_reports(outputs, reports)) is not None:
+        return code
+    if args.log:
+        try:
+            print(redact(_log_capacity(c, reports, args.uri, args.experiment)))
+        except Exception as error:  # the figures are printed and written already
+            _say(f"rosebench.compare: not logged to MLflow ({describe_error(error)})")
+    if judged is None:
+        return 0
+    failing, line = judged
+    _say(f"rosebench.compare: {line}")
+    return 1 if failing else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m rosebench.compare", description=__doc__.splitlines()[0])
-    parser.add_argument("baseline", help="a run folder, a sweep folder, or an MLflow run id")
+    parser.add_argument(
+        "baseline", help="a run folder, a sweep folder, a capacity search's sweep folder, or an MLflow run id"
+    )
     parser.add_argument("candidate", help="the same kind of thing as the baseline")
     parser.add_argument(
         "--uri", help="MLflow tracking URI for run ids (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)"
@@ -160,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         "--allow", action="append", default=[], metavar="KEY", help="a config key (or prefix) that may differ"
     )
     parser.add_argument(
-        "--metric", default=next(iter(HEADLINE_METRICS)), help="the metric --fail-if-worse judges"
+        "--metric", help=f"the metric --fail-if-worse judges (default: {next(iter(HEADLINE_METRICS))})"
     )
     parser.add_argument(
         "--fail-if-worse", type=float, metavar="PCT", help="exit 1 when significantly worse by more"
@@ -173,42 +283,50 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--markdown", type=Path, metavar="FILE", help="also write a Markdown report")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the comparison as JSON")
     parser.add_argument(
-        "--seed", type=int, default=0, help="the bootstrap's seed (same inputs, same interval)"
+        "--seed", type=int, help="the bootstrap's seed (same inputs, same interval; default 0)"
     )
     parser.add_argument("--log", action="store_true", help="also log the comparison as an MLflow run (--uri)")
     parser.add_argument("--experiment", default="rosebench-compare", help="the MLflow experiment for --log")
     args = parser.parse_args(argv)
-    if args.metric not in HEADLINE_METRICS:
-        return _fail(f"--metric {args.metric}: allowed values are {', '.join(HEADLINE_METRICS)}")
+    # --metric and --seed default to None so that a capacity comparison can tell them given.
+    metric, seed = args.metric or next(iter(HEADLINE_METRICS)), 0 if args.seed is None else args.seed
+    if metric not in HEADLINE_METRICS:
+        return _fail(f"--metric {metric}: allowed values are {', '.join(HEADLINE_METRICS)}")
     if args.fail_if_worse is not None and not 0 <= args.fail_if_worse < 100:
         return _fail(f"--fail-if-worse {args.fail_if_worse}: must be a percentage in [0, 100)")
     outputs = {"--markdown": (args.markdown, "comparison.md"), "--json": (args.json, "comparison.json")}
     for option, (path, _) in outputs.items():
         if path is not None and (problem := output_file_problem(path)):
             return _fail(f"{option} {path}: {problem}")
-    gate = None if args.fail_if_worse is None else Gate(args.metric, args.allow_contended)
+    gate = None if args.fail_if_worse is None else Gate(metric, args.allow_contended)
 
     with tempfile.TemporaryDirectory(prefix="rosebench-compare-") as downloads:
         try:
             base, cand = (_side(s, args.uri, Path(downloads)) for s in (args.baseline, args.candidate))
+            if isinstance(base, CapacitySide) or isinstance(cand, CapacitySide):
+                if not (isinstance(base, CapacitySide) and isinstance(cand, CapacitySide)):
+                    return _fail(
+                        f"compare a capacity search with a capacity search: the baseline {args.baseline} is "
+                        f"{_kind(base)}, the candidate {args.candidate} is {_kind(cand)}"
+                    )
+                if options := _not_applicable(args):
+                    return _fail(not_applicable(options))
+                capacity = compare_capacity(base, cand)
+                return _compare_capacity(args, capacity, outputs)
             if isinstance(base, dict) != isinstance(cand, dict):
                 return _fail("compare a run with a run, or a sweep with a sweep")
             if isinstance(base, dict):
-                sweeps = compare_sweeps(base, cand, args.allow, args.seed, gate)
+                sweeps = compare_sweeps(base, cand, args.allow, seed, gate)
                 comparisons, only = sweeps.points, (sweeps.only_baseline, sweeps.only_candidate)
             else:
-                comparisons, only = [compare_runs(base, cand, args.allow, args.seed, gate=gate)], ([], [])
+                comparisons, only = [compare_runs(base, cand, args.allow, seed, gate=gate)], ([], [])
         except ComparisonError as error:
             return _fail(str(error))
 
     sys.stdout.write(to_text(comparisons, only))
     reports = {"comparison.md": to_markdown(comparisons, only), "comparison.json": to_json(comparisons, only)}
-    for option, (path, artifact) in outputs.items():
-        if path is not None:
-            try:
-                write_atomic(path, reports[artifact])
-            except OSError as error:  # checked above; a full disk or a folder removed meanwhile
-                return _fail(f"{option} {path}: could not write it ({error.strerror or error})")
+    if (code := _write_reports(outputs, reports)) is not None:
+        return code
     if args.log:
         try:
             print(redact(_log_comparison(comparisons, reports, args.uri, args.experiment)))
@@ -216,9 +334,9 @@ def main(argv: list[str] | None = None) -> int:
             _say(f"rosebench.compare: not logged to MLflow ({describe_error(error)})")
     if args.fail_if_worse is None:
         return 0
-    failing = _worse_than(comparisons, args.metric, args.fail_if_worse)
+    failing = _worse_than(comparisons, metric, args.fail_if_worse)
     for line in failing:
-        _say(f"rosebench.compare: {args.metric} worse by more than {args.fail_if_worse}%: {line}")
+        _say(f"rosebench.compare: {metric} worse by more than {args.fail_if_worse}%: {line}")
     return 1 if failing else 0
 
 
