@@ -104,6 +104,8 @@ DIRECTIONS = {
     "throughput_completion_tok_s": "higher",
     "throughput_total_tok_s": "higher",
     "request_throughput_req_s": "higher",
+    "goodput_req_s": "higher",
+    "slo_attainment": "higher",
     "ttft_ms_p50": "lower",
     "ttft_ms_p99": "lower",
     "tpot_ms_p50": "lower",
