@@ -235,9 +235,16 @@ class CapacityReport:
     capacity: float | None  # the highest value that passed; None: none did
     capacity_upper: float | None  # the lowest value that did not pass; None: all did
     stop_reason: str
+    overrides: list[str] = field(default_factory=list)  # the command line's (secrets out): what was searched
 
     @classmethod
-    def of(cls, search: CapacitySearch, slo: dict[str, float | None], stop_reason: str) -> CapacityReport:
+    def of(
+        cls,
+        search: CapacitySearch,
+        slo: dict[str, float | None],
+        stop_reason: str,
+        overrides: list[str] | None = None,
+    ) -> CapacityReport:
         return cls(
             knob=search.settings.knob,
             target=search.target,
@@ -247,6 +254,7 @@ class CapacityReport:
             capacity=search.lower,
             capacity_upper=search.upper,
             stop_reason=stop_reason,
+            overrides=list(overrides or []),
         )
 
     @property

@@ -165,6 +165,19 @@ def _unsure_upper(role: str, side: CapacitySide) -> str | None:
     )
 
 
+def _override_notes(baseline: list[str], candidate: list[str]) -> list[str]:
+    """What the two searches were told differently on the command line (the change under test, or a
+    mistake: another model or workload)."""
+    from rosebench.overrides import override_values
+
+    a, b = override_values(baseline), override_values(candidate)
+    return [
+        f"the searches' command lines differ: {key} = {a.get(key, '(unset)')} vs {b.get(key, '(unset)')}"
+        for key in dict.fromkeys([*a, *b])
+        if a.get(key) != b.get(key) and key != "tracking.uri"
+    ]
+
+
 def compare_capacity(baseline: CapacitySide, candidate: CapacitySide) -> CapacityComparison:
     """The ratio of the candidate's capacity to the baseline's, its interval from the two brackets and a
     verdict; ``ComparisonError`` when the searches differ in knob or SLO, or one found no bracket."""
@@ -198,6 +211,7 @@ def compare_capacity(baseline: CapacitySide, candidate: CapacitySide) -> Capacit
         for k in VERDICT_SETTINGS
         if settings[0].get(k) != settings[1].get(k)
     ]
+    notes += _override_notes(baseline.report.overrides, candidate.report.overrides)
     warnings = [w for role, side in sides.items() if (w := _unsure_upper(role, side)) is not None]
     return CapacityComparison(
         baseline=baseline.label,

@@ -10,7 +10,7 @@ import statistics
 from pathlib import Path
 
 import pytest
-from cli_helpers import FAST, run_cli
+from cli_helpers import FAST, run_cli, run_tool
 from mlflow import MlflowClient
 
 from rosebench.capacity import CapacityReport, attainment_interval
@@ -192,3 +192,15 @@ def test_a_capacity_search_end_to_end(tmp_path):
     assert {"capacity.json", "capacity_probes.json", "plots"} <= artifacts
     plots = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
     assert "plots/capacity_scheduler.request_rate.png" in plots
+    assert f"slo.ttft_ms={ttft_ms}" in report.overrides  # what was searched, for rosebench.compare
+
+    # The same sweep folder uploaded into another store: the same parent, with the same report.
+    other = tmp_path / "other.db"
+    upload = run_tool(tmp_path, "upload", "sweep", "--uri", f"sqlite:///{other}")
+    assert upload.returncode == 0, upload.stderr
+    other_client = MlflowClient(f"sqlite:///{other}")
+    other_runs = other_client.search_runs([other_client.get_experiment_by_name("rosebench").experiment_id])
+    [uploaded] = [r for r in other_runs if "rosebench_sweep_parent" in r.data.tags]
+    assert uploaded.info.run_name == parent.info.run_name and len(other_runs) == len(runs)
+    assert uploaded.data.metrics["capacity_req_s"] == report.capacity
+    assert "never ran" not in upload.stdout  # a search's points are not a grid's

@@ -376,3 +376,13 @@ def test_a_real_search_against_a_copy_with_a_higher_bracket(tmp_path: Path) -> N
     assert itself.returncode == 0 and "cannot tell (the brackets overlap)" in itself.stdout, describe(itself)
     line = error_line(compare(tmp_path, "real", "real", "--fail-if-worse", "5"))
     assert "has no upper bound, because the baseline held no scheduler.request_rate it probed" in line, line
+
+
+def test_command_lines_that_differ_are_noted_key_by_key():
+    baseline, candidate = side(8, 16, "base"), side(8, 16, "cand")
+    baseline.report.overrides = ["engine=gpt2", "num_requests=64", "tracking.uri=sqlite:///a.db"]
+    candidate.report.overrides = ["engine=gpt2", "num_requests=32", "engine.attention=naive"]
+    notes = compare_capacity(baseline, candidate).notes
+    assert "the searches' command lines differ: num_requests = 64 vs 32" in notes
+    assert "the searches' command lines differ: engine.attention = (unset) vs naive" in notes
+    assert not any("engine=" in n or "tracking.uri" in n for n in notes)  # same value; where results went

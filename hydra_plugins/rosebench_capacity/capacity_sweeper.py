@@ -29,6 +29,7 @@ from rosebench.config import ConfigError, RunConfig, load_config
 from rosebench.failed_points import record_failed_point
 from rosebench.overrides import parse_overrides
 from rosebench.results import RESULTS_FILE, RunResults
+from rosebench.tracking.settings import redact
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +151,7 @@ class CapacitySweeper(Sweeper):
             else:
                 stop_reason = search.stop_reason or ""
         finally:  # the probes that ran are kept, however the search ended
-            report = CapacityReport.of(search, slo, stop_reason)
+            report = CapacityReport.of(search, slo, stop_reason, [redact(o) for o in arguments])
             report.save(sweep_dir)
         print(report.summary())
         return returns
