@@ -10,6 +10,9 @@ case "$sweep" in
   modes)             python -m rosebench --multirun mode=offline,online "$@" ;;
   prefix_cache)      python -m rosebench --multirun workload=shared_prefix engine.prefix_cache=true,false "$@" ;;
   attention)         python -m rosebench --multirun engine.attention=slot,naive "$@" ;;
-  *) echo "multirun.sh: unknown sweep '$sweep' (allowed: requests_x_tokens, batch_size, modes, prefix_cache, attention)" >&2
+  rates)             python -m rosebench --multirun mode=online num_requests=64 scheduler.request_rate=1,2,4,8,16,inf "$@" ;;
+  capacity)          python -m rosebench --multirun hydra/sweeper=capacity mode=online num_requests=64 \
+                       slo.ttft_ms=500 slo.tpot_ms=100 slo.attainment=0.9 "$@" ;;
+  *) echo "multirun.sh: unknown sweep '$sweep' (allowed: requests_x_tokens, batch_size, modes, prefix_cache, attention, rates, capacity)" >&2
      exit 2 ;;
 esac

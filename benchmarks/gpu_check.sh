@@ -12,6 +12,8 @@
 # 4. The same engine over HTTP on the GPU (target=serve: rosebench.serve builds its engine and its CUDA
 #    graphs on the engine loop's thread), profiled through /start_profile, beside target=engine; skipped
 #    with a line when fastapi/uvicorn/aiohttp/prometheus-client are missing (carry their wheels too).
+# 5. A capacity search (hydra/sweeper=capacity) on the GPU under a TTFT and TPOT bound, budget 6 runs: the
+#    bracket it found and why it stopped.
 # Then one table. Runs use tracking=off (MLflow is not needed); their folders stay under $OUT (or a
 # temporary folder), named in the table. A machine without hydra-core/omegaconf can install them from
 # wheels first: pip install --no-deps -e . && pip install --no-index --find-links WHEELS hydra-core.
@@ -21,7 +23,7 @@ out="${OUT:-$(mktemp -d)}/gpu_check"
 mkdir -p "$out"
 python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'gpu_check: no CUDA device')" || exit 2
 
-echo "== 1/3 CUDA tests" >&2
+echo "== 1/5 CUDA tests" >&2
 # -o addopts=: the GPU machine may lack pytest-xdist (pyproject adds -n); one GPU runs these in turn.
 timeout 300 python -m pytest -o addopts= -m cuda -q -rs tests/test_static_decode.py >"$out/pytest.txt" 2>&1
 echo "pytest -m cuda: exit $?" >"$out/pytest_status.txt"
@@ -36,15 +38,15 @@ run() {  # NAME OVERRIDES...
   timeout 240 python -m rosebench "$@" "hydra.run.dir=$out/$name" >"$out/$name.log" 2>&1 ||
     echo "gpu_check: $name failed, see $out/$name.log" >&2
 }
-echo "== 2/3 throughput, graphs on and off" >&2
+echo "== 2/5 throughput, graphs on and off" >&2
 for batch in 64 16; do
   for graphs in true false; do
     run "b${batch}_graphs_${graphs}" "${WORKLOAD[@]}" scheduler.max_batch_size=$batch engine.cuda_graphs=$graphs
   done
 done
-echo "== 3/4 the README's profiled online run" >&2
+echo "== 3/5 the README's profiled online run" >&2
 run online_profiled mode=online profile.enabled=true tracking=off
-echo "== 4/4 the engine over HTTP" >&2
+echo "== 4/5 the engine over HTTP" >&2
 if python -c "import fastapi, uvicorn, aiohttp, prometheus_client" 2>/dev/null; then
   SERVE=(mode=online num_requests=64 max_new_tokens=256 sampling.ignore_eos=true engine.dtype=bfloat16
     scheduler.max_batch_size=16 warmup=1 repeat=3 tracking=off)
@@ -53,6 +55,11 @@ if python -c "import fastapi, uvicorn, aiohttp, prometheus_client" 2>/dev/null; 
 else
   echo "gpu_check: no fastapi/uvicorn/aiohttp/prometheus-client here: the serving check is skipped" >&2
 fi
+echo "== 5/5 a capacity search" >&2
+timeout 240 python -m rosebench --multirun hydra/sweeper=capacity mode=online num_requests=64 \
+  max_new_tokens=128 engine.dtype=bfloat16 warmup=1 repeat=1 slo.ttft_ms=100 slo.tpot_ms=20 \
+  slo.attainment=0.9 hydra.sweeper.start=16 hydra.sweeper.budget=6 tracking=off \
+  "hydra.sweep.dir=$out/capacity" >"$out/capacity.log" 2>&1 || echo "gpu_check: capacity failed, see $out/capacity.log" >&2
 
 python - "$out" <<'EOF'
 import json, sys
@@ -109,4 +116,11 @@ if log.is_file():
     print(f"kineto lines on stderr: {len(noise)}{': ' + noise[0] if noise else ''}")
 online = rows.get("online_profiled", {})
 print(f"contention_max (online_profiled): {online.get('contention_max', '-')}")
+capacity = out / "capacity" / "capacity.json"
+if capacity.is_file():
+    from rosebench.capacity import CapacityReport
+
+    print(CapacityReport.load(capacity).summary())
+else:
+    print(f"capacity: no capacity.json (see {out}/capacity.log)")
 EOF
