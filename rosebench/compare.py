@@ -37,6 +37,8 @@ import re
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from rosebench.capacity import CAPACITY_FILE
@@ -224,6 +226,25 @@ def _not_applicable(args: argparse.Namespace) -> list[str]:
     return [option for option, present in given.items() if present]
 
 
+def _show(
+    text: str,
+    reports: dict[str, str],
+    outputs: dict[str, tuple[Path | None, str]],
+    log: Callable[[], str] | None,
+) -> int | None:
+    """Print a comparison, write the reports asked for and log it when asked (``log`` says where it went);
+    the exit code when a report cannot be written."""
+    sys.stdout.write(text)
+    if (code := _write_reports(outputs, reports)) is not None:
+        return code
+    if log is not None:
+        try:
+            print(redact(log()))
+        except Exception as error:  # the figures are printed and written already
+            _say(f"rosebench.compare: not logged to MLflow ({describe_error(error)})")
+    return None
+
+
 def _write_reports(outputs: dict[str, tuple[Path | None, str]], reports: dict[str, str]) -> int | None:
     """Write the reports --markdown and --json ask for; the exit code when one cannot be written."""
     for option, (path, artifact) in outputs.items():
@@ -241,15 +262,10 @@ def _compare_capacity(
     """Print, write and log a capacity comparison, then judge it for --fail-if-worse (its gate refusal is
     raised before anything is printed, as a run comparison's is)."""
     judged = None if args.fail_if_worse is None else worse_than(c, args.fail_if_worse)
-    sys.stdout.write(capacity_text(c))
     reports = {"comparison.md": capacity_markdown(c), "comparison.json": capacity_json(c)}
-    if (code := _write_reports(outputs, reports)) is not None:
+    log = partial(_log_capacity, c, reports, args.uri, args.experiment)
+    if (code := _show(capacity_text(c), reports, outputs, log if args.log else None)) is not None:
         return code
-    if args.log:
-        try:
-            print(redact(_log_capacity(c, reports, args.uri, args.experiment)))
-        except Exception as error:  # the figures are printed and written already
-            _say(f"rosebench.compare: not logged to MLflow ({describe_error(error)})")
     if judged is None:
         return 0
     failing, line = judged
@@ -323,15 +339,10 @@ def main(argv: list[str] | None = None) -> int:
         except ComparisonError as error:
             return _fail(str(error))
 
-    sys.stdout.write(to_text(comparisons, only))
     reports = {"comparison.md": to_markdown(comparisons, only), "comparison.json": to_json(comparisons, only)}
-    if (code := _write_reports(outputs, reports)) is not None:
+    log = partial(_log_comparison, comparisons, reports, args.uri, args.experiment)
+    if (code := _show(to_text(comparisons, only), reports, outputs, log if args.log else None)) is not None:
         return code
-    if args.log:
-        try:
-            print(redact(_log_comparison(comparisons, reports, args.uri, args.experiment)))
-        except Exception as error:  # the figures are printed and written already
-            _say(f"rosebench.compare: not logged to MLflow ({describe_error(error)})")
     if args.fail_if_worse is None:
         return 0
     failing = _worse_than(comparisons, metric, args.fail_if_worse)

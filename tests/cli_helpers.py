@@ -100,3 +100,12 @@ def read_results(run_dir: Path) -> dict[str, Any]:
 def read_outputs(run_dir: Path) -> list[dict[str, Any]]:
     lines = (run_dir / "outputs.jsonl").read_text().splitlines()
     return [json.loads(line) for line in lines if line.strip()]
+
+
+def compare_error_line(proc: subprocess.CompletedProcess[str]) -> str:
+    """The one line a refused comparison prints (exit code 2, nothing on stdout, no traceback)."""
+    assert proc.returncode == 2, describe(proc)
+    assert proc.stdout == "" and "Traceback" not in proc.stderr, describe(proc)
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith("rosebench.compare: error: "), describe(proc)
+    return line

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_helpers import assert_ok, describe, run_cli, run_tool
+from cli_helpers import assert_ok, compare_error_line, describe, run_cli, run_tool
 
 from rosebench.capacity import CapacityReport, CapacitySettings, Probe
 from rosebench.capacity_comparison import CapacitySide, compare_capacity, to_json, worse_than
@@ -180,15 +180,6 @@ def compare(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return run_tool(cwd, "compare", *args)
 
 
-def error_line(proc: subprocess.CompletedProcess[str]) -> str:
-    """The one line a refused comparison prints (exit code 2, nothing on stdout, no traceback)."""
-    assert proc.returncode == 2, describe(proc)
-    assert proc.stdout == "" and "Traceback" not in proc.stderr, describe(proc)
-    [line] = proc.stderr.strip().splitlines()
-    assert line.startswith("rosebench.compare: error: "), describe(proc)
-    return line
-
-
 def save(folder: Path, capacity: float | None, upper: float | None, **kwargs) -> Path:
     folder.mkdir(parents=True)
     report(capacity, upper, **kwargs).save(folder)
@@ -250,20 +241,20 @@ def test_cli_fail_if_worse_exits_1_only_when_the_interval_lies_below_the_bound(s
 
 
 def test_cli_refuses_a_capacity_search_against_anything_else_in_one_line(searches: Path) -> None:
-    line = error_line(compare(searches, "slow", "run"))
+    line = compare_error_line(compare(searches, "slow", "run"))
     assert line == (
         "rosebench.compare: error: compare a capacity search with a capacity search: the baseline slow is "
         "a capacity search, the candidate run is a run"
     )
-    line = error_line(compare(searches, "sweep", "fast", "--fail-if-worse", "5"))
+    line = compare_error_line(compare(searches, "sweep", "fast", "--fail-if-worse", "5"))
     assert "the baseline sweep is a sweep, the candidate fast is a capacity search" in line, line
-    line = error_line(compare(searches, "slow", "strict"))
+    line = compare_error_line(compare(searches, "slow", "strict"))
     assert "the capacity searches differ in slo.ttft_ms (50 vs 20)" in line, line
-    line = error_line(compare(searches, "slow", "fast", "--metric", "ttft_ms_p99", "--seed", "1"))
+    line = compare_error_line(compare(searches, "slow", "fast", "--metric", "ttft_ms_p99", "--seed", "1"))
     assert line.startswith("rosebench.compare: error: --metric, --seed: not applicable to capacity searches")
     (searches / "broken").mkdir()
     (searches / "broken" / "capacity.json").write_text("{")
-    line = error_line(compare(searches, "slow", "broken"))
+    line = compare_error_line(compare(searches, "slow", "broken"))
     assert "broken (capacity.json): not a readable capacity search report (JSONDecodeError" in line, line
 
 
@@ -316,7 +307,7 @@ def test_cli_reads_capacity_from_sweep_parent_runs_and_logs_the_comparison(searc
         ids["fast"],
     ]
     assert {a.path for a in client.list_artifacts(logged.info.run_id)} == {"comparison.md", "comparison.json"}
-    line = error_line(compare(searches, ids["slow"], ids["run"], "--uri", uri))
+    line = compare_error_line(compare(searches, ids["slow"], ids["run"], "--uri", uri))
     assert line.endswith(f"the candidate {ids['run']} is a run"), line
 
 
@@ -374,7 +365,7 @@ def test_a_real_search_against_a_copy_with_a_higher_bracket(tmp_path: Path) -> N
     assert "capacity ratio -, interval [0.000, 1.000]: worse" in worse.stdout
     itself = compare(tmp_path, "real", "real")
     assert itself.returncode == 0 and "cannot tell (the brackets overlap)" in itself.stdout, describe(itself)
-    line = error_line(compare(tmp_path, "real", "real", "--fail-if-worse", "5"))
+    line = compare_error_line(compare(tmp_path, "real", "real", "--fail-if-worse", "5"))
     assert "has no upper bound, because the baseline held no scheduler.request_rate it probed" in line, line
 
 

@@ -20,7 +20,7 @@ from statistics import fmean, pstdev
 
 import pytest
 import torch
-from cli_helpers import FAST, assert_ok, describe, run_cli, run_tool, start_cli
+from cli_helpers import FAST, assert_ok, compare_error_line, describe, run_cli, run_tool, start_cli
 
 from rosebench.comparison import Run, bootstrap_ratio, compare_runs, to_text
 from rosebench.engine.config import MODEL_PRESETS
@@ -394,7 +394,7 @@ def test_metric_picks_what_the_gate_judges(trial_sides: Path, tmp_path: Path) ->
     assert "rosebench.compare: e2e_ms_p50 worse by more than 5.0%: e2e_ms_p50: 1.500x" in judged.stderr
     reversed_ = compare(tmp_path, "slow_e2e", "base", "--fail-if-worse", "5", "--metric", "e2e_ms_p50")
     assert reversed_.returncode == 0, describe(reversed_)  # lower latency is better: no failure
-    line = error_line(compare(tmp_path, "base", "slow_e2e", "--metric", "e2e_ms_p42"))
+    line = compare_error_line(compare(tmp_path, "base", "slow_e2e", "--metric", "e2e_ms_p42"))
     assert line.startswith("rosebench.compare: error: --metric e2e_ms_p42: allowed values are "), line
 
 
@@ -419,15 +419,6 @@ def test_log_goes_to_the_experiment_named(trial_sides: Path, tmp_path: Path) -> 
 
 # -- sides the gate must not judge ------------------------------------------------------------------------
 SMALL = (*FAST, "repeat=3", "num_requests=4", "max_new_tokens=4")
-
-
-def error_line(proc: subprocess.CompletedProcess[str]) -> str:
-    """The one line a refused comparison prints (exit code 2, nothing on stdout, no traceback)."""
-    assert proc.returncode == 2, describe(proc)
-    assert proc.stdout == "" and "Traceback" not in proc.stderr, describe(proc)
-    [line] = proc.stderr.strip().splitlines()
-    assert line.startswith("rosebench.compare: error: "), describe(proc)
-    return line
 
 
 def _killed_run(root: Path, name: str) -> None:
@@ -488,12 +479,12 @@ def sides(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize("gate", [(), ("--fail-if-worse", "5")], ids=["plain", "gate"])
 def test_a_side_with_no_finished_pass_is_an_error(sides: Path, gate: tuple[str, ...]) -> None:
     """The crash the CI gate used to pass with exit 0 and an empty table: a FAILED run with no passes."""
-    line = error_line(compare(sides, "good", "failed", "--allow", "engine", *gate))
+    line = compare_error_line(compare(sides, "good", "failed", "--allow", "engine", *gate))
     assert line == (
         "rosebench.compare: error: candidate failed: no finished timed pass (the run ended FAILED); "
         "nothing to compare"
     )
-    line = error_line(compare(sides, "failed", "good", "--allow", "engine", *gate))
+    line = compare_error_line(compare(sides, "failed", "good", "--allow", "engine", *gate))
     assert "baseline failed: no finished timed pass" in line
 
 
@@ -509,9 +500,9 @@ def test_a_killed_run_is_read_with_a_warning_and_refused_by_the_gate(sides: Path
         f"compared on the {finished} timed pass{'' if finished == 1 else 'es'} that finished"
     )
     assert warning in plain.stdout, describe(plain)
-    line = error_line(compare(sides, "good", "killed", "--fail-if-worse", "5", "--allow-contended"))
+    line = compare_error_line(compare(sides, "good", "killed", "--fail-if-worse", "5", "--allow-contended"))
     assert "candidate killed: the run ended KILLED" in line and "--fail-if-worse" in line
-    line = error_line(compare(sides, "killed", "good", "--fail-if-worse", "5", "--allow-contended"))
+    line = compare_error_line(compare(sides, "killed", "good", "--fail-if-worse", "5", "--allow-contended"))
     assert "baseline killed: the run ended KILLED" in line
 
 
@@ -527,9 +518,9 @@ def test_a_metric_on_one_side_is_noted_and_the_gate_needs_its_metric_on_both(sid
     [c] = json.loads((sides / "one.json").read_text())["comparisons"]
     assert c["metrics_only_in"] == {"baseline": ["tpot_ms_p50", "tpot_ms_p99", "itl_ms_p50", "itl_ms_p99"]}
     gate = ("--fail-if-worse", "5", "--allow-contended", *allow)
-    line = error_line(compare(sides, "good", "one_token", *gate, "--metric", "tpot_ms_p50"))
+    line = compare_error_line(compare(sides, "good", "one_token", *gate, "--metric", "tpot_ms_p50"))
     assert "--metric tpot_ms_p50" in line and "the candidate one_token" in line, line
-    line = error_line(compare(sides, "one_token", "good", *gate, "--metric", "itl_ms_p99"))
+    line = compare_error_line(compare(sides, "one_token", "good", *gate, "--metric", "itl_ms_p99"))
     assert "--metric itl_ms_p99" in line and "the baseline one_token" in line, line
     judged = compare(sides, "good", "one_token", *gate)  # throughput: on both sides
     assert judged.returncode in (0, 1) and "Traceback" not in judged.stderr, describe(judged)
@@ -544,12 +535,12 @@ def test_a_contended_side_is_named_and_the_gate_refuses_it_unless_allowed(sides:
         "during a timed pass"
     )
     assert warning in plain.stdout, describe(plain)
-    line = error_line(compare(sides, "good", "contended", "--fail-if-worse", "5"))
+    line = compare_error_line(compare(sides, "good", "contended", "--fail-if-worse", "5"))
     assert "candidate contended was contended" in line and "50%" in line, line
     assert "--allow-contended overrides" in line, line
-    line = error_line(compare(sides, "contended", "good", "--fail-if-worse", "5"))
+    line = compare_error_line(compare(sides, "contended", "good", "--fail-if-worse", "5"))
     assert "baseline contended was contended" in line, line
-    line = error_line(compare(sides, "good", "pooled", "--fail-if-worse", "5"))  # one of its two runs
+    line = compare_error_line(compare(sides, "good", "pooled", "--fail-if-worse", "5"))  # one of its two runs
     assert "candidate pooled (1 of 2 runs) was contended" in line and "50%" in line, line
     allowed = compare(sides, "good", "contended", "--fail-if-worse", "5", "--allow-contended")
     assert allowed.returncode == 0 and warning in allowed.stdout, describe(allowed)  # the same passes
@@ -562,7 +553,7 @@ def test_the_gate_refuses_sides_too_small_for_an_interval(sides: Path) -> None:
     """One timed pass a side gives no interval, so no verdict: the gate says so instead of passing."""
     plain = compare(sides, "one_pass", "good")
     assert plain.returncode == 0 and "not enough samples" in plain.stdout, describe(plain)
-    line = error_line(compare(sides, "one_pass", "good", "--fail-if-worse", "5"))
+    line = compare_error_line(compare(sides, "one_pass", "good", "--fail-if-worse", "5"))
     assert line == (
         "rosebench.compare: error: --metric throughput_completion_tok_s: 1 and 3 timed passes give no "
         "interval; --fail-if-worse needs at least 2 a side (repeat=N)"
