@@ -7,10 +7,12 @@ from __future__ import annotations
 import json
 import sqlite3
 import statistics
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from cli_helpers import FAST, run_cli, run_tool
+from cli_helpers import FAST, cli_env, run_cli, run_tool
 from mlflow import MlflowClient
 
 from rosebench.capacity import CapacityReport, attainment_interval
@@ -74,6 +76,21 @@ def test_bad_slo_values_fail_in_one_line(tmp_path, args, message):
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [f"rosebench: error: {message}"]
     assert not (tmp_path / "outputs").exists() or not list((tmp_path / "outputs").rglob("results.json"))
+
+
+def test_hydras_plugin_scan_finds_the_sweeper_in_a_fresh_process(tmp_path):
+    """Hydra executes each module under hydra_plugins/ it finds (a clone on the path, a wheel install)
+    before the module is in sys.modules: importing it that way must work in any Hydra app, not only after
+    rosebench's own CLI imported it first (rosebench.serve scans plugins without importing it)."""
+    scan = (
+        "from hydra.core.plugins import Plugins; from hydra.plugins.sweeper import Sweeper; "
+        "print(sorted(c.__name__ for c in Plugins.instance().discover(Sweeper)))"
+    )
+    found = subprocess.run(
+        [sys.executable, "-c", scan], cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=120
+    )
+    assert found.returncode == 0 and "Traceback" not in found.stderr, found.stderr
+    assert "CapacitySweeper" in found.stdout
 
 
 SEARCH = ("--multirun", "hydra/sweeper=capacity", *ONLINE, "num_requests=8", "max_new_tokens=4")

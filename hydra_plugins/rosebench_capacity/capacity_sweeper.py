@@ -7,8 +7,8 @@ Each run is a job of the sweep (its own folder, a child of the sweep's MLflow pa
 plugins only from the ``hydra_plugins`` package: this module is the Hydra side, the search is rosebench's.
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations`` here: Hydra's plugin scan executes this module before it is in
+# sys.modules, where a dataclass with string annotations cannot look its module up.
 import copy
 import logging
 import sys
