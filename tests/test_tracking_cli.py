@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -500,6 +501,11 @@ def test_stopping_a_parallel_sweep(tmp_path: Path, stop: int) -> None:
         stdout=subprocess.DEVNULL,
         start_new_session=True,
     )
+    # The workers write to the launcher's stderr: read it as it comes, to stop once each worker has finished
+    # a timed pass (a fixed wait was too short when the rest of the suite kept the cores busy).
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True)
+    reader.start()
     try:
         deadline = time.monotonic() + 300
         children: list = []
@@ -508,13 +514,20 @@ def test_stopping_a_parallel_sweep(tmp_path: Path, stop: int) -> None:
             if (tmp_path / "mlflow.db").exists() and client.get_experiment_by_name("rosebench"):
                 children = [r for r in experiment_runs(client) if "rosebench_sweep_parent" not in r.data.tags]
         assert len(children) == 2, "the two workers did not start their runs"
-        time.sleep(3)  # a few timed passes each
+        first_passes = 0
+        while first_passes < 2 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.5)  # each worker prints its first timed pass's line once
+            first_passes = sum(line.startswith("rosebench: pass 1/100000:") for line in list(lines))
+        assert first_passes == 2, "the two workers did not finish a timed pass"
+        time.sleep(1)  # and maybe another
         stopped_at = time.monotonic()
         if stop == signal.SIGTERM:
             proc.send_signal(stop)
         else:
             os.killpg(proc.pid, stop)
-        _, stderr = proc.communicate(timeout=120)
+        proc.wait(timeout=120)
+        reader.join(timeout=30)
+        stderr = "".join(lines)
         # The workers end once their runs are closed; the launcher does not wait out its grace for idle
         # pool processes (it did: every stopped parallel sweep took a minute).
         assert time.monotonic() - stopped_at < CHILDREN_GRACE_S
