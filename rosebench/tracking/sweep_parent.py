@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
+import statistics
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from mlflow import MlflowClient
@@ -20,7 +22,8 @@ from rosebench.tracking.table import SWEEP_PARENT_TAG, Table, child_runs, row_fr
 SWEEP_TABLE = "sweep_table.json"
 FRONTIER_FILE = "frontier.json"  # a sweep over a load knob: its points, frontier and knee, by knob
 SWEEP_DIR_TAG = "sweep_dir"  # the sweep folder's absolute path: an upload finds the sweep's parent by it
-_PARAMS_PER_BATCH = 100  # MLflow's limit for one log_batch call
+_PARAMS_PER_BATCH = 100  # MLflow's limits for one log_batch call
+_METRICS_PER_BATCH = 1000
 
 
 def create_sweep_parent(
@@ -72,20 +75,64 @@ def sweep_params(children: Sequence[Run]) -> dict[str, str]:
     return {key: ",".join(seen)[:MAX_PARAM_VAL_LENGTH] for key, seen in values.items()}
 
 
-def best_metrics(children: Sequence[Run]) -> dict[str, float]:
-    """Each headline metric's best value over the finished children (higher or lower, as it should be)."""
-    finished = [run.data.metrics for run in children if run.info.status == "FINISHED"]
-    best = {}
-    for metric, higher_is_better in HEADLINE_METRICS.items():
-        values = [metrics[metric] for metrics in finished if metric in metrics]
-        if values:
-            best[metric] = max(values) if higher_is_better else min(values)
-    return best
+PARENT_METRICS_PARAM = "parent_metrics"  # says what the parent's headline metrics are
+
+
+def parent_figures(
+    children: Sequence[tuple[Mapping[str, str], Mapping[str, float]]], swept: Sequence[str]
+) -> tuple[dict[str, list[tuple[int, float]]], str]:
+    """The parent's headline metrics from its finished children's (params, metrics), as {metric: [(step,
+    value)]}, and a line saying what they are. Never a composite of different children ("the best of each
+    metric" mixed runs):
+
+    - one numeric knob swept: each metric's history against the knob, so MLflow's own line charts on the
+      parent draw it; step = the knob's value where every value is an integer, else its rank (MLflow steps
+      are integers; the line names each rank's value). Children at one value (trials) are averaged.
+    - ``trial`` alone swept: the mean over the trials at step 0, and its standard deviation as ``<m>_std``.
+    - anything else: none (the sweep table and plots say it all).
+    """
+    if list(swept) == ["trial"]:
+        figures = {}
+        for metric in HEADLINE_METRICS:
+            values = [metrics[metric] for _, metrics in children if metric in metrics]
+            if values:
+                figures[metric] = [(0, statistics.fmean(values))]
+                figures[f"{metric}_std"] = [(0, statistics.pstdev(values))]
+        return figures, "mean over the trials (and their standard deviation as <metric>_std)"
+    numbers = [_as_number(params.get(swept[0], "")) for params, _ in children] if len(swept) == 1 else []
+    if not numbers or any(n is None for n in numbers):
+        return {}, "none: a sweep over several knobs, or not a number (see sweep_table.json and plots/)"
+    knob = swept[0]
+    values = sorted(set(numbers))
+    integers = all(math.isfinite(v) and v == int(v) for v in values)
+    step = {v: int(v) if integers else rank for rank, v in enumerate(values)}
+    at_value = {v: [metrics for n, (_, metrics) in zip(numbers, children) if n == v] for v in values}
+    figures = {}
+    for metric in HEADLINE_METRICS:
+        history = [
+            (step[v], statistics.fmean(m[metric] for m in runs if metric in m))
+            for v, runs in at_value.items()
+            if any(metric in m for m in runs)
+        ]
+        if history:
+            figures[metric] = history
+    if integers:
+        return figures, f"each child's figures with step = {knob}"
+    ranks = ", ".join(f"{step[v]}={v:g}" for v in values)
+    return figures, f"each child's figures with step = the rank of {knob} ({ranks})"
+
+
+def _as_number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
 
 
 def close_sweep_parent(client: MlflowClient, parent_run_id: str, status: str | None = None) -> str:
-    """Give the parent the sweep's params, its best headline figures, the children's table and plots (and,
-    for a sweep over a load knob, its frontier summary), and end it; returns the status it ended with.
+    """Give the parent the sweep's params, its headline figures (``parent_figures``), the children's table
+    and plots (and, for a sweep over a load knob, its frontier summary), and end it; returns the status it
+    ended with.
 
     Without `status`: FINISHED when there are children and all finished, else FAILED. Closing again (an
     upload after an interrupted sweep) adds the params not yet logged: MLflow's params never change.
@@ -96,11 +143,16 @@ def close_sweep_parent(client: MlflowClient, parent_run_id: str, status: str | N
         done = bool(table.rows) and all(row.status == "FINISHED" for row in table.rows)
         status = "FINISHED" if done else "FAILED"
     try:
-        logged = client.get_run(parent_run_id).data.params
-        params = [Param(k, v) for k, v in sweep_params(children).items() if k not in logged]
+        parent = client.get_run(parent_run_id)
+        swept = [k for k in parent.data.tags.get("swept_keys", "").split(",") if k]
+        finished = [(r.data.params, r.data.metrics) for r in children if r.info.status == "FINISHED"]
+        figures, meaning = parent_figures(finished, swept)
+        found = {**sweep_params(children), PARENT_METRICS_PARAM: meaning[:MAX_PARAM_VAL_LENGTH]}
+        params = [Param(k, v) for k, v in found.items() if k not in parent.data.params]
         now = int(time.time() * 1000)
-        metrics = [Metric(k, v, now, 0) for k, v in best_metrics(children).items()]
-        client.log_batch(parent_run_id, metrics=metrics)
+        metrics = [Metric(k, v, now, step) for k, history in figures.items() for step, v in history]
+        for start in range(0, len(metrics), _METRICS_PER_BATCH):
+            client.log_batch(parent_run_id, metrics=metrics[start : start + _METRICS_PER_BATCH])
         for start in range(0, len(params), _PARAMS_PER_BATCH):
             client.log_batch(parent_run_id, params=params[start : start + _PARAMS_PER_BATCH])
         if table.rows:
