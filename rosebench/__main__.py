@@ -28,7 +28,7 @@ from rosebench.conf_dir import conf_dir
 from rosebench.config import ConfigError, RunConfig, load_config, register_configs
 from rosebench.failed_points import record_failed_point
 from rosebench.files import write_atomic
-from rosebench.overrides import name_part, naming_overrides, parse_overrides, swept_keys
+from rosebench.overrides import name_part, naming_overrides, parse_overrides, swept_keys, value_part
 from rosebench.results import RESULTS_FILE, ProfileRecord, RunInfo, RunResults
 from rosebench.signals import STOP_MARK, stop_signals_as_interrupt
 from rosebench.tracking.run_folder import TRACKING_RECORD, TrackingRecord
@@ -50,12 +50,18 @@ def _now() -> str:
 
 
 def _run_name(config: RunConfig, model: str, overrides: list[str], swept: list[str]) -> str:
-    """A sweep point: its swept values first (what tells it from its siblings), then mode and model.
+    """A sweep point: its swept values, bare, first (``16, 4 (num_requests, max_batch_size) offline-tiny``):
+    MLflow's run-name column shows about 15 characters, and the values are what tell siblings apart.
     A single run: mode and its overrides (the mode leads anyway, so ``mode=`` is not repeated)."""
     named = [o for o in naming_overrides(overrides) if o.key_or_group != "mode"]
     if swept:
-        values = {o.key_or_group: name_part(o) for o in named}
-        return " ".join([*(values[k] for k in swept if k in values), f"{config.mode}-{model}"])
+        by_key = {o.key_or_group: o for o in named}
+        shown = [k for k in swept if k in by_key]
+        if not shown:  # a sweep over mode alone: the mode leads anyway
+            return f"{config.mode}-{model}"
+        values = ", ".join(value_part(by_key[k]) for k in shown)
+        keys = ", ".join(k.rsplit(".", 1)[-1] for k in shown)
+        return f"{values} ({keys}) {config.mode}-{model}"
     shown = [name_part(o) for o in named]
     weights = [model] if config.engine.weights else []
     return "-".join([config.mode, *shown, *weights]) if shown else f"{config.mode}-{model}"

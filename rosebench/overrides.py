@@ -53,6 +53,12 @@ def name_part(override: Override) -> str:
     return line if len(line) <= NAME_PART_CHARS else line[: NAME_PART_CHARS - 1] + "…"
 
 
+def value_part(override: Override) -> str:
+    """An override's value as a sweep point's name shows it, cut to NAME_PART_CHARS."""
+    value = override.get_value_element_as_str()
+    return value if len(value) <= NAME_PART_CHARS else value[: NAME_PART_CHARS - 1] + "…"
+
+
 def sweep_name(overrides: Iterable[str], searched: str | None = None) -> str:
     """``sweep num_requests=1,16,64 (engine=tiny)``: what was swept first, then what was fixed; a capacity
     search's: ``capacity scheduler.request_rate (engine=tiny slo.ttft_ms=200)``."""
