@@ -13,7 +13,16 @@ import time
 from pathlib import Path
 
 import pytest
-from cli_helpers import act_at_line, assert_ok, describe, read_results, run_cli, run_tool, start_cli
+from cli_helpers import (
+    act_at_line,
+    assert_ok,
+    describe,
+    finished_pass,
+    read_results,
+    run_cli,
+    run_tool,
+    start_cli,
+)
 from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
@@ -22,7 +31,7 @@ from test_tracking_server import group_alive
 
 from rosebench.results import HEADLINE_METRICS
 from rosebench.signals import CHILDREN_GRACE_S
-from rosebench.tracking.mlflow_log import CONDITION_METRICS, rounded
+from rosebench.tracking.mlflow_log import CONDITION_METRICS, PROFILE_METRICS, rounded
 
 pytestmark = pytest.mark.slow
 
@@ -93,8 +102,17 @@ def test_profiled_run_lands_with_params_metrics_tags_and_artifacts(tmp_path: Pat
     assert metrics["throughput_completion_tok_s"] == rounded(
         results["metrics"]["throughput_completion_tok_s"]
     )
-    # The headline only, and how busy the machine was.
-    assert set(metrics) <= {*HEADLINE_METRICS, *CONDITION_METRICS} and "ttft_ms_p99" in metrics
+    # The headline only, how busy the machine was, and the trace's headline (sweeps compare them).
+    profile_metrics = {f"profile/{name}" for name in PROFILE_METRICS}
+    assert set(metrics) <= {*HEADLINE_METRICS, *CONDITION_METRICS, *profile_metrics}
+    assert "ttft_ms_p99" in metrics
+    summary = results["profile"]["summary"]
+    assert metrics["profile/cpu_ops_per_decode_step"] == rounded(summary["cpu_ops_per_decode_step"])
+    assert "profile/kernels_per_decode_step" not in metrics  # a CPU run launches no kernel
+    # Where the trace is and how to look at it, on the run's page (MLflow cannot open a trace itself).
+    [trace] = results["profile"]["traces"]
+    note = tags["mlflow.note.content"]
+    assert f"`{trace}`" in note and "https://ui.perfetto.dev" in note
     assert metrics["contention_max"] == rounded(results["metrics"]["contention_max"])
     figures = figures_rows(client, run.info.run_id)  # the rest: mean, std, each pass
     assert figures["completion_tokens"]["mean"] == 12
@@ -314,7 +332,7 @@ def test_stop_signal_mid_pass_keeps_the_finished_passes(tmp_path: Path, stop: in
     try:
         for line in proc.stderr:  # each finished timed pass says so on stderr
             seen.append(line)
-            if line.startswith("rosebench: pass 2/1000:"):
+            if finished_pass(line, "pass 2/1000"):
                 proc.send_signal(stop)
                 break
         _, rest = proc.communicate(timeout=120)
@@ -517,7 +535,7 @@ def test_stopping_a_parallel_sweep(tmp_path: Path, stop: int) -> None:
         first_passes = 0
         while first_passes < 2 and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.5)  # each worker prints its first timed pass's line once
-            first_passes = sum(line.startswith("rosebench: pass 1/100000:") for line in list(lines))
+            first_passes = sum(finished_pass(line, "pass 1/100000") for line in list(lines))
         assert first_passes == 2, "the two workers did not finish a timed pass"
         time.sleep(1)  # and maybe another
         stopped_at = time.monotonic()

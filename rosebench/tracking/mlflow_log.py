@@ -11,7 +11,7 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
-from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID
+from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE
 from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH, MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
 
 from rosebench.results import ERRORS_FILE, HEADLINE_METRICS, OUTPUTS_FILE, RESULTS_FILE, RunResults
@@ -21,7 +21,9 @@ from rosebench.tracking.store import connect, get_or_create_experiment, resolve_
 
 RUN_DIR_TAG = "run_dir"  # the run folder a run was logged from, set as the run starts
 FIGURES_TABLE = "figures.json"  # every figure: mean, standard deviation and each timed pass
-PROFILE_PREFIX = "profile/"  # profile figures' rows in that table
+PROFILE_PREFIX = "profile/"  # profile figures' rows in that table, and their metrics' names
+# The trace summary's headline, logged as metrics of a profiled run so that sweeps compare them.
+PROFILE_METRICS = ("cpu_ops_per_decode_step", "kernels_per_decode_step", "device_idle_fraction")
 SIGNIFICANT_DIGITS = 4  # passes differ by 1% or more here: further digits are noise
 # Keys that shape only online runs, and only sampled (temperature > 0) runs.
 _ONLINE_ONLY = ("scheduler.request_rate", "scheduler.burstiness", "scheduler.max_concurrency")
@@ -60,14 +62,32 @@ CONDITION_METRICS = ("contention_max",)
 
 
 def mlflow_metrics(results: RunResults) -> list[Metric]:
-    """The headline figures and the run's conditions, rounded; the rest are in the figures table
+    """The headline figures, the run's conditions and a profiled run's trace headline
+    (``profile/cpu_ops_per_decode_step``, ...), rounded; the rest are in the figures table
     (`figures_table`)."""
     now = int(time.time() * 1000)
+    figures = {key: results.metrics.get(key) for key in (*HEADLINE_METRICS, *CONDITION_METRICS)}
+    if results.profile is not None:
+        summary = results.profile.summary.metrics()
+        figures |= {f"{PROFILE_PREFIX}{key}": summary.get(key) for key in PROFILE_METRICS}
     return [
-        Metric(key, rounded(float(results.metrics[key])), now, 0)
-        for key in (*HEADLINE_METRICS, *CONDITION_METRICS)
-        if isinstance(results.metrics.get(key), (int, float))
+        Metric(key, rounded(float(value)), now, 0)
+        for key, value in figures.items()
+        if isinstance(value, (int, float))
     ]
+
+
+def profile_note(results: RunResults) -> str | None:
+    """The run's description (MLflow's ``mlflow.note.content``) when it was profiled: where its trace is and
+    how to look at it (MLflow's artifact viewer cannot open a trace), then the trace summary."""
+    if results.profile is None:
+        return None
+    traces = ", ".join(f"`{path}`" for path in results.profile.traces) or "none was written"
+    return (
+        "Profiled: one untimed pass after the timed ones, under torch.profiler. Its Chrome trace: "
+        f"{traces} (Artifacts). Download it and open it in https://ui.perfetto.dev (or chrome://tracing).\n\n"
+        f"```\n{results.profile.summary.format()}\n```"
+    )
 
 
 def figures_table(results: RunResults) -> dict[str, list]:
@@ -117,6 +137,7 @@ def mlflow_tags(results: RunResults, run_dir: Path) -> dict[str, str]:
         "hydra_overrides": json.dumps(run.overrides),
         "sweep_dir": run.sweep_dir,
         RUN_DIR_TAG: str(run_dir.resolve()),
+        MLFLOW_RUN_NOTE: profile_note(results),
     }
     return {k: str(v)[:MAX_TAG_VAL_LENGTH] for k, v in tags.items() if v is not None}
 
