@@ -109,3 +109,10 @@ def compare_error_line(proc: subprocess.CompletedProcess[str]) -> str:
     [line] = proc.stderr.strip().splitlines()
     assert line.startswith("rosebench.compare: error: "), describe(proc)
     return line
+
+
+def finished_pass(line: str, label: str) -> bool:
+    """Whether a stderr line says that the timed pass ``label`` (``pass 2/1000``) finished: ``rosebench: pass
+    2/1000: 812.3 tok/s``, not one of the progress lines a slow pass prints every 10 s (``rosebench: pass
+    2/1000: 3/8 requests done, ...``)."""
+    return line.startswith(f"rosebench: {label}: ") and line.rstrip().endswith(" tok/s")

@@ -20,7 +20,16 @@ from statistics import fmean, pstdev
 
 import pytest
 import torch
-from cli_helpers import FAST, assert_ok, compare_error_line, describe, run_cli, run_tool, start_cli
+from cli_helpers import (
+    FAST,
+    assert_ok,
+    compare_error_line,
+    describe,
+    finished_pass,
+    run_cli,
+    run_tool,
+    start_cli,
+)
 
 from rosebench.comparison import Run, bootstrap_ratio, compare_runs, to_text
 from rosebench.engine.config import MODEL_PRESETS
@@ -426,7 +435,7 @@ def _killed_run(root: Path, name: str) -> None:
     proc = start_cli(root, *SMALL, "repeat=1000", f"hydra.run.dir={name}")
     try:
         for line in proc.stderr:
-            if line.startswith("rosebench: pass 1/1000:"):
+            if finished_pass(line, "pass 1/1000"):
                 proc.send_signal(signal.SIGTERM)
                 break
         proc.communicate(timeout=120)
