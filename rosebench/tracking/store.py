@@ -125,14 +125,22 @@ SHARED_VIEW_TAG = "mlflow.sharedViewState."
 RUNS_VIEW = "rosebench"  # single runs' view: the headline metrics
 
 
-def runs_view_state(params: Sequence[str] = ()) -> str:
-    """The view's state: columns for `params` (a sweep's swept keys), then the headline metrics."""
-    columns = [*(f"params.`{p}`" for p in params), *(f"metrics.`{m}`" for m in HEADLINE_METRICS)]
+def runs_view_state(params: Sequence[str] = (), metrics: Sequence[str] | None = None) -> str:
+    """The view's state: columns for `params` (a sweep's swept keys), then `metrics` (the headline ones
+    unless given)."""
+    shown = HEADLINE_METRICS if metrics is None else metrics
+    columns = [*(f"params.`{p}`" for p in params), *(f"metrics.`{m}`" for m in shown)]
     return json.dumps({"selectedColumns": columns})
 
 
-def save_runs_view(client: MlflowClient, experiment_id: str, key: str, params: Sequence[str] = ()) -> None:
-    client.set_experiment_tag(experiment_id, f"{SHARED_VIEW_TAG}{key}", runs_view_state(params))
+def save_runs_view(
+    client: MlflowClient,
+    experiment_id: str,
+    key: str,
+    params: Sequence[str] = (),
+    metrics: Sequence[str] | None = None,
+) -> None:
+    client.set_experiment_tag(experiment_id, f"{SHARED_VIEW_TAG}{key}", runs_view_state(params, metrics))
 
 
 def runs_table_url(uri: str, experiment_id: str, view: str | None = RUNS_VIEW) -> str:
