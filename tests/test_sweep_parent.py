@@ -1,10 +1,19 @@
-"""What a sweep's parent run holds as its own figures: each child's, never a composite of several."""
+"""What a sweep's parent run holds as its own figures (each child's, never a composite of several), and
+the view of the runs table its link opens."""
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
-from rosebench.tracking.sweep_parent import parent_figures
+from mlflow import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+from rosebench.results import RunInfo, RunResults
+from rosebench.tracking.mlflow_log import mlflow_tags
+from rosebench.tracking.store import SHARED_VIEW_TAG
+from rosebench.tracking.sweep_parent import create_sweep_parent, parent_figures
 
 TPUT = "throughput_completion_tok_s"
 
@@ -52,3 +61,21 @@ def test_several_knobs_or_text_values_give_the_parent_no_figure():
     text = [child({"engine.attention": "slot"}, 1.0), child({"engine.attention": "naive"}, 2.0)]
     figures, meaning = parent_figures(text, ["engine.attention"])
     assert figures == {} and meaning.startswith("none")
+
+
+def test_the_sweeps_view_lists_its_points_alone_in_launch_order_past_ten_jobs(tmp_path: Path) -> None:
+    """The search the UI runs from the sweep's saved view, through a real SQLite store: only this sweep's
+    points (not its parent, not another sweep), job 10 after job 9 (text order of '10' < '9' would not)."""
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment_id = client.create_experiment("sweeps")
+    parents = [create_sweep_parent(client, experiment_id, tmp_path / s, ["num_requests=1"]) for s in "ab"]
+    for parent in parents:
+        for job_num in range(12):
+            results = RunResults(config={}, environment={}, run=RunInfo(f"job {job_num}", job_num=job_num))
+            tags = mlflow_tags(results, tmp_path) | {MLFLOW_PARENT_RUN_ID: parent}
+            client.create_run(experiment_id, run_name=f"job {job_num}", tags=tags)
+    state = json.loads(client.get_experiment(experiment_id).tags[f"{SHARED_VIEW_TAG}{parents[1]}"])
+    order = state["orderByKey"].replace("`", "") + (" ASC" if state["orderByAsc"] else " DESC")
+    shown = client.search_runs([experiment_id], state["searchFilter"], order_by=[order])
+    assert [r.info.run_name for r in shown] == [f"job {n}" for n in range(12)]
+    assert {r.data.tags[MLFLOW_PARENT_RUN_ID] for r in shown} == {parents[1]}

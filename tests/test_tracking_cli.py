@@ -187,11 +187,25 @@ def test_a_sweep_reads_in_mlflow_as_a_user_sees_it(tmp_path: Path) -> None:
     view = client.get_experiment(parent.info.experiment_id).tags[
         f"mlflow.sharedViewState.{parent.info.run_id}"
     ]
-    assert json.loads(view)["selectedColumns"][:3] == [
+    state = json.loads(view)
+    assert state["selectedColumns"][:5] == [
         "params.`num_requests`",
         "params.`scheduler.max_batch_size`",
         "metrics.`throughput_completion_tok_s`",
+        "metrics.`ttft_ms_p50`",
+        "metrics.`tpot_ms_p50`",
     ]
+    # MLflow lays out metrics before params unless the view orders them; each column as wide as its name.
+    assert state["columnOrder"] == state["selectedColumns"]
+    assert state["columnWidths"]["metrics.`throughput_completion_tok_s`"] >= 7 * len(
+        "throughput_completion_tok_s"
+    )
+    # Scoped to this sweep's points, in launch order: the search the UI runs from the view finds exactly them.
+    # (Sorted by anything but start time, MLflow lists children flat instead of under a collapsed parent.)
+    assert state["orderByKey"] != "attributes.start_time" and state["orderByAsc"] is True
+    order = state["orderByKey"].replace("`", "")
+    shown = client.search_runs([parent.info.experiment_id], state["searchFilter"], order_by=[f"{order} ASC"])
+    assert [r.info.run_name.split(" (")[0] for r in shown] == ["1, 1", "1, 2", "2, 1", "2, 2"]
     assert f"workflowType=machine_learning&viewStateShareKey={parent.info.run_id}" in proc.stdout
 
     child = next(c for c in children if c.info.run_name.startswith("2, 2 (num_requests, max_batch_size)"))

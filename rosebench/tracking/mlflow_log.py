@@ -17,7 +17,7 @@ from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH, MAX_PARAM_VAL_LENGTH,
 from rosebench.results import ERRORS_FILE, HEADLINE_METRICS, OUTPUTS_FILE, RESULTS_FILE, RunResults
 from rosebench.tracking.run_folder import config_params, flatten, read_run
 from rosebench.tracking.settings import TrackingSettings
-from rosebench.tracking.store import connect, get_or_create_experiment, resolve_tracking_uri
+from rosebench.tracking.store import SWEEP_ORDER_TAG, connect, get_or_create_experiment, resolve_tracking_uri
 
 RUN_DIR_TAG = "run_dir"  # the run folder a run was logged from, set as the run starts
 FIGURES_TABLE = "figures.json"  # every figure: mean, standard deviation and each timed pass
@@ -133,7 +133,7 @@ def mlflow_tags(results: RunResults, run_dir: Path) -> dict[str, str]:
         MLFLOW_GIT_COMMIT: env.get("git_commit"),
         "hydra_job_id": run.job_id,
         "slurm_job_id": env.get("slurm_job_id"),
-        "hydra_job_num": run.job_num,
+        SWEEP_ORDER_TAG: None if run.job_num is None else f"{run.job_num:04d}",
         "hydra_overrides": json.dumps(run.overrides),
         "sweep_dir": run.sweep_dir,
         RUN_DIR_TAG: str(run_dir.resolve()),

@@ -46,8 +46,8 @@ def create_sweep_parent(
             "swept_keys": ",".join(keys),
         },
     )
-    # The sweep's view of the runs table: its swept params beside the headline metrics.
-    save_runs_view(client, experiment_id, run.info.run_id, keys)
+    # The sweep's view of the runs table: its points alone, their swept params beside the headline metrics.
+    save_runs_view(client, experiment_id, run.info.run_id, keys, children_of=run.info.run_id)
     return run.info.run_id
 
 
