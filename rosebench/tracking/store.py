@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -166,6 +166,24 @@ def save_runs_view(
 ) -> None:
     state = runs_view_state(params, metrics, children_of)
     client.set_experiment_tag(experiment_id, f"{SHARED_VIEW_TAG}{key}", state)
+
+
+def save_runs_view_with_tags(
+    client: MlflowClient,
+    experiment_id: str,
+    key: str,
+    tags: Mapping[str, int],
+    metrics: Sequence[str],
+) -> None:
+    """A saved view whose columns are `tags` (each wide enough for the characters its values take: a
+    comparison's verdict), then `metrics`."""
+    state = json.loads(runs_view_state(metrics=metrics))
+    columns = [f"tags.`{t}`" for t in tags]
+    state["selectedColumns"] = [*columns, *state["selectedColumns"]]
+    state["columnOrder"] = [*columns, *state.get("columnOrder", [])]
+    widths = {c: max(80, 7 * max(len(t), chars) + 20) for c, (t, chars) in zip(columns, tags.items())}
+    state["columnWidths"] = widths | state.get("columnWidths", {})
+    client.set_experiment_tag(experiment_id, f"{SHARED_VIEW_TAG}{key}", json.dumps(state))
 
 
 def runs_table_url(uri: str, experiment_id: str, view: str | None = RUNS_VIEW) -> str:
