@@ -32,6 +32,7 @@ from test_tracking_server import group_alive
 from rosebench.results import HEADLINE_METRICS
 from rosebench.signals import CHILDREN_GRACE_S
 from rosebench.tracking.mlflow_log import CONDITION_METRICS, PROFILE_METRICS, rounded
+from rosebench.tracking.plots import PLOTTED_METRICS
 
 pytestmark = pytest.mark.slow
 
@@ -207,6 +208,8 @@ def test_a_sweep_reads_in_mlflow_as_a_user_sees_it(tmp_path: Path) -> None:
     shown = client.search_runs([parent.info.experiment_id], state["searchFilter"], order_by=[f"{order} ASC"])
     assert [r.info.run_name.split(" (")[0] for r in shown] == ["1, 1", "1, 2", "2, 1", "2, 2"]
     assert f"workflowType=machine_learning&viewStateShareKey={parent.info.run_id}" in proc.stdout
+    # and the parent's own page (its table and plots), in the classic view too
+    assert f"/runs/{parent.info.run_id}?workflowType=machine_learning" in proc.stdout
 
     child = next(c for c in children if c.info.run_name.startswith("2, 2 (num_requests, max_batch_size)"))
     results = read_results(Path(child.data.tags["run_dir"]))
@@ -247,12 +250,15 @@ def test_report_groups_two_sweeps(tmp_path: Path) -> None:
     assert sweeps == [sweeps[0]] * 2 + [sweeps[2]] * 2 and sweeps[0] != sweeps[2], sweeps  # not interleaved
     assert sweeps[0].startswith("sweep num_requests=1,2") and sweeps[2].startswith("sweep max_new_tokens=2,3")
     assert [row["num_requests"] for row in rows[:2]] == ["1", "2"]
-    assert sorted(p.relative_to(tmp_path / "p").as_posix() for p in (tmp_path / "p").rglob("*.png")) == [
-        "sweep1/frontier_num_requests.png",  # num_requests is a load knob: its frontier too
-        "sweep1/latency_vs_throughput_num_requests.png",
-        "sweep1/metrics_vs_num_requests.png",
-        "sweep2/metrics_vs_max_new_tokens.png",
-    ]
+    written = sorted(p.relative_to(tmp_path / "p").as_posix() for p in (tmp_path / "p").rglob("*.png"))
+    assert written == sorted(
+        [
+            "sweep1/frontier_num_requests.png",  # num_requests is a load knob: its frontier too
+            "sweep1/latency_vs_throughput_num_requests.png",
+            *(f"sweep1/{metric}_vs_num_requests.png" for metric in PLOTTED_METRICS),  # a PNG per metric
+            *(f"sweep2/{metric}_vs_max_new_tokens.png" for metric in PLOTTED_METRICS),
+        ]
+    )
 
 
 def test_eight_parallel_jobs_into_a_fresh_sqlite_file_lose_nothing(tmp_path: Path) -> None:

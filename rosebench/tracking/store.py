@@ -186,16 +186,25 @@ def save_runs_view_with_tags(
     client.set_experiment_tag(experiment_id, f"{SHARED_VIEW_TAG}{key}", json.dumps(state))
 
 
-def runs_table_url(uri: str, experiment_id: str, view: str | None = RUNS_VIEW) -> str:
-    """The experiment's runs table in `view`: on the tracking server, or on `mlflow ui`'s default address.
-    No credentials: a link never carries them."""
+def _ui_base(uri: str) -> str:
+    """The UI's address: the tracking server's, or `mlflow ui`'s default. No credentials: a link never
+    carries them."""
     parts = urlparse(uri)
     if parts.scheme in ("http", "https"):
-        base = f"{parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}{parts.path}"
-    else:
-        base = MLFLOW_UI_DEFAULT
+        port = f":{parts.port}" if parts.port else ""
+        return f"{parts.scheme}://{parts.hostname}{port}{parts.path}".rstrip("/")
+    return MLFLOW_UI_DEFAULT
+
+
+def runs_table_url(uri: str, experiment_id: str, view: str | None = RUNS_VIEW) -> str:
+    """The experiment's runs table in `view`."""
     shared = f"&viewStateShareKey={view}" if view else ""
-    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs{RUNS_TABLE_QUERY}{shared}"
+    return f"{_ui_base(uri)}/#/experiments/{experiment_id}/runs{RUNS_TABLE_QUERY}{shared}"
+
+
+def run_page_url(uri: str, experiment_id: str, run_id: str) -> str:
+    """One run's page (a sweep parent's: its plots and table), in the classic view like the table."""
+    return f"{_ui_base(uri)}/#/experiments/{experiment_id}/runs/{run_id}{RUNS_TABLE_QUERY}"
 
 
 def ui_hint(uri: str, run_id: str, url: str) -> str:

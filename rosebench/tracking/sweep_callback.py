@@ -92,7 +92,7 @@ class MlflowSweepCallback(Callback):
         from rosebench.failed_points import failed_points
         from rosebench.tracking.capacity_log import log_capacity
         from rosebench.tracking.settings import describe_error
-        from rosebench.tracking.store import connect, runs_table_url
+        from rosebench.tracking.store import connect, run_page_url, runs_table_url
         from rosebench.tracking.sweep_parent import close_sweep_parent
         from rosebench.tracking.tracked_run import TrackingWarning
 
@@ -109,8 +109,11 @@ class MlflowSweepCallback(Callback):
             )
         status = close_sweep_parent(client, self.parent_run_id, "FAILED" if refused else None)
         atexit.unregister(self.close_unfinished)  # only now: if closing failed, the exit hook retries
-        url = runs_table_url(self.tracking_uri, self.experiment_id or "", view=self.parent_run_id)
-        log.info("sweep parent run %s ended %s: %s", self.parent_run_id, status, url)
+        experiment_id = self.experiment_id or ""
+        url = runs_table_url(self.tracking_uri, experiment_id, view=self.parent_run_id)
+        log.info("sweep parent run %s ended %s; its points: %s", self.parent_run_id, status, url)
+        page = run_page_url(self.tracking_uri, experiment_id, self.parent_run_id)
+        log.info("the sweep's table and plots: %s", page)
 
     def close_unfinished(self) -> None:
         """Exit hook: a parent still RUNNING means a job failed or the sweep was interrupted."""
