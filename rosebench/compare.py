@@ -22,6 +22,14 @@ For two capacity searches, --fail-if-worse PCT fails when the whole capacity rat
 below 1 - PCT/100, and refuses to judge an interval with no upper bound (a baseline that held nothing, or a
 candidate that held every value it probed): no candidate could fail it.
 
+--log records the comparison as an MLflow run in --experiment, named "<candidate> vs <baseline>" after the
+two sides' MLflow runs (a run folder's run name, or the folder's name, when the store does not hold it):
+each headline metric's ratio and interval rounded as a run's figures are, its verdict as a tag
+(``verdict/<metric>``), and --metric's verdict as ``verdict``; the printed link opens a view of that verdict,
+--metric's ratio and interval, then the other ratios. A sweep is a parent run with a child run per matched
+point. The compared runs the store holds name the comparison in their ``rosebench.compared_in`` tag, and
+the comparison's description links them.
+
 Exit codes: 0 compared; 1 the candidate is worse than --fail-if-worse allows, with the interval excluding
 no change; 2 bad input (unreadable side, a side with no finished timed pass, configs that differ in keys
 --allow does not name, a side the gate refuses, an output file that cannot be written; a capacity search
@@ -37,9 +45,11 @@ import re
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from statistics import geometric_mean
 
 from rosebench.capacity import CAPACITY_FILE
 from rosebench.capacity_comparison import (
@@ -53,12 +63,14 @@ from rosebench.capacity_comparison import to_json as capacity_json
 from rosebench.capacity_comparison import to_markdown as capacity_markdown
 from rosebench.capacity_comparison import to_text as capacity_text
 from rosebench.comparison import (
+    VERDICTS,
     Comparison,
     ComparisonError,
     Gate,
     Run,
     compare_runs,
     compare_sweeps,
+    overall_verdict,
     sweep_points,
     to_json,
     to_markdown,
@@ -127,72 +139,255 @@ def _mlflow_run(run_id: str, uri: str | None, downloads: Path) -> Run | Capacity
     return Run.from_folder(target, label=f"run {run_id}", run_id=run_id)
 
 
-def _log_comparison(
-    comparisons: list[Comparison], reports: dict[str, str], uri: str | None, experiment: str
-) -> str:
-    """The comparison as an MLflow run: the ratios and intervals as metrics, both sides' run ids as tags,
-    the Markdown and JSON reports as artifacts. Returns where to look at it."""
-    first = comparisons[0]
-    tags = {"baseline": first.baseline, "candidate": first.candidate}
-    if len(comparisons) == 1:  # a sweep's points each have their own runs
-        tags |= {"baseline_run_id": first.baseline_run_id, "candidate_run_id": first.candidate_run_id}
-    metrics: dict[str, float] = {}
+COMPARE_VIEW = "rosebench-compare"  # a run comparison's view: "-<metric>" added, its ratio first
+CAPACITY_VIEW = "rosebench-compare-capacity"
+VERDICT_TAG = "verdict"  # the headline's verdict: one filter (tags.verdict = 'worse') finds every regression
+COMPARED_IN_TAG = "rosebench.compared_in"  # on a compared run: the comparison runs that read it, oldest first
+RATIO_FIGURES = ("ratio", "ci_low", "ci_high")  # a run comparison's metrics: "<figure>/<metric>"
+
+
+@dataclass(frozen=True)
+class _LoggedSide:
+    """A side as its comparison run names and links it."""
+
+    name: str  # its MLflow run's name, else its run folder's run name, else its folder's name
+    run_id: str | None  # the MLflow run that stands for it: the run, or a sweep's or capacity search's parent
+    experiment_id: str | None = None  # set when that run is in the store the comparison is logged to
+
+    def link(self) -> str:
+        """Markdown naming the side: a link to its run's page when the store holds it, relative so that the
+        UI resolves it on whichever host serves it."""
+        name = re.sub(r"([\\`*_\[\]])", r"\\\1", self.name)
+        if self.experiment_id is None:
+            return name
+        return f"[{name}](#/experiments/{self.experiment_id}/runs/{self.run_id})"
+
+
+def _side_run(source: str, side: Side) -> tuple[str | None, str]:
+    """The MLflow run that stands for a side as its files say (a run's tracking.json, or the hand-off of a
+    sweep or capacity search to its parent run), and the name to use when the store does not hold that run:
+    one run's own name, else the folder's."""
+    from rosebench.tracking.store import SweepHandoff
+
+    path = Path(source)
+    folder = path.parent if path.is_file() else path  # a capacity.json given itself
+    run_id = None if isinstance(side, dict) else side.run_id
+    if run_id is None and folder.is_dir() and (handoff := SweepHandoff.read(folder)) is not None:
+        run_id = handoff.parent_run_id
+    if isinstance(side, Run) and len(side.runs) == 1:
+        return run_id, side.results.run.name
+    return run_id, folder.resolve().name if folder.is_dir() else source
+
+
+class _ComparisonStore:
+    """The MLflow experiment a comparison is logged to, and the compared runs that its store holds."""
+
+    def __init__(self, uri: str | None, experiment: str) -> None:
+        from rosebench.tracking.store import connect, get_or_create_experiment, resolve_tracking_uri
+
+        self.uri = resolve_tracking_uri(uri)
+        self.client = connect(self.uri)
+        self.experiment_id = get_or_create_experiment(self.client, experiment, self.uri)
+
+    def side(self, run_id: str | None, name: str) -> _LoggedSide:
+        """A side named as the store names its run, else ``name`` (a run logged elsewhere, or not at all)."""
+        from rosebench.tracking.store import run_exists
+
+        if run_id is None or not run_exists(self.client, run_id):
+            return _LoggedSide(name, run_id)
+        info = self.client.get_run(run_id).info
+        return _LoggedSide(info.run_name or name, run_id, info.experiment_id)
+
+    def save_view(self, key: str, metrics: Sequence[str]) -> None:
+        """The runs table's view that the printed link opens: the verdict, then ``metrics``."""
+        from rosebench.tracking.store import save_runs_view_with_tags
+
+        # As wide as the longest verdict ("no significant change"; a capacity one is shorter).
+        widths = {VERDICT_TAG: max(map(len, VERDICTS))}
+        save_runs_view_with_tags(self.client, self.experiment_id, key, widths, metrics)
+
+    def log_run(
+        self,
+        name: str,
+        metrics: dict[str, float],
+        tags: dict[str, str | None],
+        note: str,
+        reports: dict[str, str] | None = None,
+        parent_run_id: str | None = None,
+    ) -> str:
+        """A finished run holding these metrics (rounded as a run's figures are), tags, description and
+        reports; returns its id."""
+        from mlflow.entities import Metric, RunTag
+        from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE
+
+        from rosebench.tracking.mlflow_log import rounded
+
+        tags = tags | {MLFLOW_RUN_NOTE: note, MLFLOW_PARENT_RUN_ID: parent_run_id}
+        run_id = self.client.create_run(self.experiment_id, run_name=name).info.run_id
+        now = int(time.time() * 1000)
+        self.client.log_batch(
+            run_id,
+            metrics=[Metric(k, rounded(v), now, 0) for k, v in metrics.items()],
+            tags=[RunTag(k, v) for k, v in tags.items() if v is not None],
+        )
+        for artifact, text in (reports or {}).items():
+            self.client.log_text(run_id, text, artifact)
+        self.client.set_terminated(run_id)
+        return run_id
+
+    def link_back(self, comparison_run_id: str, *sides: _LoggedSide) -> None:
+        """Add the comparison to each side's ``rosebench.compared_in`` (a run may be compared many times:
+        the oldest ids go first when the list would pass MLflow's limit on a tag's length)."""
+        from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
+
+        for run_id in dict.fromkeys(s.run_id for s in sides if s.experiment_id is not None):
+            listed = self.client.get_run(run_id).data.tags.get(COMPARED_IN_TAG, "")
+            ids = [*filter(None, listed.split(",")), comparison_run_id]
+            while len(",".join(ids)) > MAX_TAG_VAL_LENGTH:
+                del ids[0]
+            self.client.set_tag(run_id, COMPARED_IN_TAG, ",".join(ids))
+
+    def hint(self, run_id: str, view: str) -> str:
+        from rosebench.tracking.store import runs_table_url, ui_hint
+
+        return ui_hint(self.uri, run_id, runs_table_url(self.uri, self.experiment_id, view=view))
+
+
+def _note(baseline: _LoggedSide, candidate: _LoggedSide, report: str) -> str:
+    """The comparison run's description: both sides, linked where the store holds them, and the report
+    (MLflow renders it as Markdown), or where the report is when a description cannot hold it."""
+    from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
+
+    sides = f"Candidate {candidate.link()} against baseline {baseline.link()}."
+    note = f"{sides}\n\n{report}"
+    if len(note) <= MAX_TAG_VAL_LENGTH:
+        return note
+    return f"{sides}\n\nThe report is too long for a description: see comparison.md in the artifacts."
+
+
+def _ratio_figures(c: Comparison) -> dict[str, float]:
+    """Each headline metric's ratio and interval ends (none when there were too few samples)."""
+    figures: dict[str, float] = {}
+    for m in c.metrics:
+        values = dict(zip(RATIO_FIGURES, (m.ratio, m.ci_low, m.ci_high)))
+        figures |= {f"{k}/{m.metric}": v for k, v in values.items() if v is not None}
+    return figures
+
+
+def _verdict_tags(verdicts: dict[str, str], metric: str) -> dict[str, str]:
+    """``verdict/<metric>`` for each metric, and ``verdict``: the verdict on ``metric`` (the headline)."""
+    headline = {VERDICT_TAG: verdicts[metric]} if metric in verdicts else {}
+    return {f"{VERDICT_TAG}/{k}": v for k, v in verdicts.items()} | headline
+
+
+def _geometric_means(comparisons: Sequence[Comparison]) -> dict[str, float]:
+    """Each metric's ratio over a sweep's points as one figure: their geometric mean (a ratio of 2 and one
+    of 0.5 cancel out, as they should), for the sweep's row when its points are collapsed."""
+    ratios: dict[str, list[float]] = {}
     for c in comparisons:
-        prefix = re.sub(r"[^\w./ -]", "_", f"{c.point}/") if c.point else ""  # MLflow's allowed characters
         for m in c.metrics:
-            figures = {"ratio": m.ratio, "ci_low": m.ci_low, "ci_high": m.ci_high}
-            metrics |= {f"{k}/{prefix}{m.metric}": v for k, v in figures.items() if v is not None}
-    return _log_run(metrics, tags, reports, uri, experiment)
+            if math.isfinite(m.ratio) and m.ratio > 0:
+                ratios.setdefault(f"ratio/{m.metric}", []).append(m.ratio)
+    return {k: geometric_mean(v) for k, v in ratios.items()}
 
 
-def _log_capacity(c: CapacityComparison, reports: dict[str, str], uri: str | None, experiment: str) -> str:
-    """A capacity comparison as an MLflow run: the ratio and its interval's bounded ends as metrics, the
-    verdict and both sides' parent run ids as tags, the reports as artifacts."""
+def _log_comparison(
+    comparisons: list[Comparison],
+    reports: dict[str, str],
+    sides: Sequence[tuple[str, Side]],
+    metric: str,
+    uri: str | None,
+    experiment: str,
+) -> str:
+    """The comparison as an MLflow run named "<candidate> vs <baseline>" after their runs: per headline
+    metric its ratio and interval (``ratio/<metric>``, ``ci_low/``, ``ci_high/``) and verdict
+    (``verdict/<metric>``), ``metric`` (the one --fail-if-worse judges) as its headline: the ``verdict``
+    tag and the first columns of the view the printed link opens. A sweep is a parent run (its points'
+    verdicts counted, their ratios' geometric means) with a child run per matched point. The compared runs
+    that the store holds are linked both ways. Returns where to look at it."""
+    store = _ComparisonStore(uri, experiment)
+    (base_source, base_side), (cand_source, _) = sides
+    base, cand = (store.side(*_side_run(source, side)) for source, side in sides)
+    view = f"{COMPARE_VIEW}-{metric}"
+    others = [f"ratio/{m}" for m in HEADLINE_METRICS if m != metric]
+    store.save_view(view, [*(f"{k}/{metric}" for k in RATIO_FIGURES), *others])
+    tags = {
+        "baseline": base_source,
+        "candidate": cand_source,
+        "baseline_run_id": base.run_id,
+        "candidate_run_id": cand.run_id,
+        "headline_metric": metric,
+    }
+    name = f"{cand.name} vs {base.name}"
+    if not isinstance(base_side, dict):
+        [c] = comparisons
+        verdicts = {m.metric: m.verdict for m in c.metrics}
+        note = _note(base, cand, reports["comparison.md"])
+        run_id = store.log_run(name, _ratio_figures(c), tags | _verdict_tags(verdicts, metric), note, reports)
+        store.link_back(run_id, base, cand)
+        return store.hint(run_id, view)
+    by_metric: dict[str, list[str]] = {}
+    for c in comparisons:
+        for m in c.metrics:
+            by_metric.setdefault(m.metric, []).append(m.verdict)
+    verdicts = {k: overall_verdict(v) for k, v in by_metric.items()}
+    summary = (
+        f"One child run per matched point ({len(comparisons)}); this run's ratios are the geometric means "
+        "of the points' ratios.\n\n"
+    )
+    note = _note(base, cand, summary + reports["comparison.md"])
+    parent = store.log_run(
+        name, _geometric_means(comparisons), tags | _verdict_tags(verdicts, metric), note, reports
+    )
+    store.link_back(parent, base, cand)
+    for c in comparisons:
+        run_ids = (c.baseline_run_id, c.candidate_run_id)
+        point_base, point_cand = (store.side(run_id, c.point) for run_id in run_ids)
+        point_tags = {
+            "baseline_run_id": point_base.run_id,
+            "candidate_run_id": point_cand.run_id,
+            "headline_metric": metric,
+        }
+        point_tags |= _verdict_tags({m.metric: m.verdict for m in c.metrics}, metric)
+        note = _note(point_base, point_cand, to_markdown([c]))
+        child = store.log_run(c.point, _ratio_figures(c), point_tags, note, parent_run_id=parent)
+        store.link_back(child, point_base, point_cand)
+    return store.hint(parent, view)
+
+
+def _log_capacity(
+    c: CapacityComparison,
+    reports: dict[str, str],
+    sides: Sequence[tuple[str, Side]],
+    uri: str | None,
+    experiment: str,
+) -> str:
+    """A capacity comparison as an MLflow run named "<candidate> vs <baseline>" after the searches' parent
+    runs: the capacity ratio (the headline) and its interval's bounded ends as metrics, the verdict as the
+    ``verdict`` tag (and ``capacity_verdict``), the reports as artifacts; the parent runs that the store
+    holds are linked both ways. Returns where to look at it."""
+    store = _ComparisonStore(uri, experiment)
+    base, cand = (store.side(*_side_run(source, side)) for source, side in sides)
     figures = {
         "capacity_ratio": c.ratio,
         "capacity_ratio_low": c.ratio_low,
         "capacity_ratio_high": c.ratio_high,
     }
+    store.save_view(CAPACITY_VIEW, list(figures))
     metrics = {k: v for k, v in figures.items() if v is not None and math.isfinite(v)}
-    tags = {"baseline": c.baseline, "candidate": c.candidate, "capacity_verdict": c.verdict}
-    tags |= {"baseline_run_id": c.baseline_run_id, "candidate_run_id": c.candidate_run_id}
-    return _log_run(metrics, tags, reports, uri, experiment)
-
-
-def _log_run(
-    metrics: dict[str, float],
-    tags: dict[str, str | None],
-    reports: dict[str, str],
-    uri: str | None,
-    experiment: str,
-) -> str:
-    """One finished MLflow run named after the two sides (``tags``' baseline and candidate) holding these
-    metrics, tags and reports. Returns where to look at it."""
-    from mlflow.entities import Metric, RunTag
-
-    from rosebench.tracking.store import (
-        connect,
-        get_or_create_experiment,
-        resolve_tracking_uri,
-        runs_table_url,
-        ui_hint,
-    )
-
-    resolved = resolve_tracking_uri(uri)
-    client = connect(resolved)
-    experiment_id = get_or_create_experiment(client, experiment, resolved)
-    name = f"compare {Path(tags['baseline'] or '').name} vs {Path(tags['candidate'] or '').name}"
-    run = client.create_run(experiment_id, run_name=name)
-    now = int(time.time() * 1000)
-    client.log_batch(
-        run.info.run_id,
-        metrics=[Metric(k, v, now, 0) for k, v in metrics.items()],
-        tags=[RunTag(k, v) for k, v in tags.items() if v is not None],
-    )
-    for artifact, text in reports.items():
-        client.log_text(run.info.run_id, text, artifact)
-    client.set_terminated(run.info.run_id)
-    return ui_hint(resolved, run.info.run_id, runs_table_url(resolved, experiment_id, view=None))
+    tags = {
+        "baseline": c.baseline,
+        "candidate": c.candidate,
+        "baseline_run_id": base.run_id,
+        "candidate_run_id": cand.run_id,
+        "headline_metric": "capacity_ratio",
+        VERDICT_TAG: c.verdict,
+        "capacity_verdict": c.verdict,
+    }
+    note = _note(base, cand, reports["comparison.md"])
+    run_id = store.log_run(f"{cand.name} vs {base.name}", metrics, tags, note, reports)
+    store.link_back(run_id, base, cand)
+    return store.hint(run_id, CAPACITY_VIEW)
 
 
 def _worse_than(comparisons: list[Comparison], metric: str, pct: float) -> list[str]:
@@ -257,13 +452,16 @@ def _write_reports(outputs: dict[str, tuple[Path | None, str]], reports: dict[st
 
 
 def _compare_capacity(
-    args: argparse.Namespace, c: CapacityComparison, outputs: dict[str, tuple[Path | None, str]]
+    args: argparse.Namespace,
+    c: CapacityComparison,
+    sides: Sequence[tuple[str, Side]],
+    outputs: dict[str, tuple[Path | None, str]],
 ) -> int:
     """Print, write and log a capacity comparison, then judge it for --fail-if-worse (its gate refusal is
     raised before anything is printed, as a run comparison's is)."""
     judged = None if args.fail_if_worse is None else worse_than(c, args.fail_if_worse)
     reports = {"comparison.md": capacity_markdown(c), "comparison.json": capacity_json(c)}
-    log = partial(_log_capacity, c, reports, args.uri, args.experiment)
+    log = partial(_log_capacity, c, reports, sides, args.uri, args.experiment)
     if (code := _show(capacity_text(c), reports, outputs, log if args.log else None)) is not None:
         return code
     if judged is None:
@@ -319,6 +517,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="rosebench-compare-") as downloads:
         try:
             base, cand = (_side(s, args.uri, Path(downloads)) for s in (args.baseline, args.candidate))
+            sides = ((args.baseline, base), (args.candidate, cand))
             if isinstance(base, CapacitySide) or isinstance(cand, CapacitySide):
                 if not (isinstance(base, CapacitySide) and isinstance(cand, CapacitySide)):
                     return _fail(
@@ -328,7 +527,7 @@ def main(argv: list[str] | None = None) -> int:
                 if options := _not_applicable(args):
                     return _fail(not_applicable(options))
                 capacity = compare_capacity(base, cand)
-                return _compare_capacity(args, capacity, outputs)
+                return _compare_capacity(args, capacity, sides, outputs)
             if isinstance(base, dict) != isinstance(cand, dict):
                 return _fail("compare a run with a run, or a sweep with a sweep")
             if isinstance(base, dict):
@@ -340,7 +539,7 @@ def main(argv: list[str] | None = None) -> int:
             return _fail(str(error))
 
     reports = {"comparison.md": to_markdown(comparisons, only), "comparison.json": to_json(comparisons, only)}
-    log = partial(_log_comparison, comparisons, reports, args.uri, args.experiment)
+    log = partial(_log_comparison, comparisons, reports, sides, metric, args.uri, args.experiment)
     if (code := _show(to_text(comparisons, only), reports, outputs, log if args.log else None)) is not None:
         return code
     if args.fail_if_worse is None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import random
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from itertools import chain
@@ -46,6 +47,8 @@ IGNORED_CONFIG = ("tracking.", "profile.", "repeat", "warmup", "trial")
 ENVIRONMENT_KEYS = ("device", "device_name", "torch", "cuda", "cpu", "cpu_capability", "git_commit")
 ENDED_BADLY = ("FAILED", "KILLED")  # results.json run.status of a run that did not finish
 SIDES = ("baseline", "candidate")
+# A metric's verdicts, worst first: how a summary of several sweep points orders them.
+VERDICTS = ("worse", "better", "no significant change", "not enough samples")
 
 
 class ComparisonError(ValueError):
@@ -385,6 +388,15 @@ def sweep_points(sweep_dir: Path) -> dict[str, Run]:
         else:
             points[point] = Run(point or str(sweep_dir), run.runs, run.run_id, run.sources)
     return points
+
+
+def overall_verdict(verdicts: Sequence[str]) -> str:
+    """Several sweep points' verdicts on one metric in a phrase: the verdict when they all share it, else how
+    many points reached each, worst first ("2 worse, 1 no significant change")."""
+    counts = Counter(verdicts)
+    if len(counts) == 1:
+        return verdicts[0]
+    return ", ".join(f"{counts[v]} {v}" for v in sorted(counts, key=VERDICTS.index))
 
 
 def compare_sweeps(
