@@ -18,6 +18,7 @@ SCRIPTS = {
     "profiler_overhead.py": "| label cost / decode step |",
     "contention.py": "| busy neighbours | threads |",
     "serving_overhead.py": "| serve / engine |",
+    "system_metrics_cost.py": "| on / off |",
 }
 
 
