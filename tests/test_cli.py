@@ -23,7 +23,7 @@ from hydra import compose, initialize_config_dir
 
 from rosebench.conf_dir import conf_dir
 from rosebench.config import load_config, register_configs
-from rosebench.engine.model import GPT2
+from rosebench.engine.models.gpt2 import GPT2
 from rosebench.engine.weights import model_config
 
 EOS = 50256

@@ -33,7 +33,7 @@ from cli_helpers import (
 
 from rosebench.comparison import Run, bootstrap_ratio, compare_runs, to_text
 from rosebench.engine.config import MODEL_PRESETS
-from rosebench.engine.model import GPT2
+from rosebench.engine.models.gpt2 import GPT2
 from rosebench.results import HEADLINE_METRICS, RunInfo, RunResults
 
 

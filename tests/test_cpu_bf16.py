@@ -26,7 +26,7 @@ from rosebench.engine.cpu_linear import (
     prepack_supported,
 )
 from rosebench.engine.engine import Engine
-from rosebench.engine.model import GPT2
+from rosebench.engine.models.gpt2 import GPT2
 from rosebench.engine.sequence import SamplingParams, Sequence
 from rosebench.runner.environment import environment
 

@@ -33,7 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rosebench import report, upload
 from rosebench.engine.config import MODEL_PRESETS
-from rosebench.engine.model import GPT2
+from rosebench.engine.models.gpt2 import GPT2
 from rosebench.tracking import TrackedRun, TrackingSettings, TrackingWarning, log_run_folder
 from rosebench.tracking.mlflow_log import rounded
 from rosebench.tracking.plots import PLOTTED_METRICS, SweepPoint, metric_vs_param_figure

@@ -1,7 +1,8 @@
 """How one engine step writes and reads K/V: the fast slot path and the ``naive`` baseline.
 
 Both see the same batch description (``StepBatch``): row ``b`` computes ``num_new[b]`` tokens at
-positions ``start[b]...`` and attends to keys ``0 .. start[b] + t`` of its own slot.
+positions ``start[b]...`` and attends to keys ``0 .. start[b] + t`` of its own slot. The cache holds K/V
+heads; with grouped-query attention several query heads read each (``grouped_attention``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,27 @@ import torch.nn.functional as F
 from torch.profiler import record_function
 
 from rosebench.engine.kv_cache import SlotKVCache
-from rosebench.engine.model import KVAttention
+from rosebench.engine.models.base import KVAttention
+
+
+def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Masked attention of ``q`` ``[B, H, T, D]`` over ``k``, ``v`` ``[B, Hkv, C, D]`` (``mask``
+    ``[B, 1, T, C]``), query head ``h`` reading K/V head ``h // (H / Hkv)``; returns ``[B, H, T, D]``.
+
+    A group's query heads are folded into the query rows (``[B, Hkv, G * T, D]``), so each K/V head is read
+    once for its whole group and K/V are never repeated in memory (SDPA's ``enable_gqa`` would repeat them
+    on the CPU kernels); only the small query and boolean mask are reshaped."""
+    batch, heads, length, dim = q.shape
+    kv_heads = k.shape[1]
+    if heads == kv_heads:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    group = heads // kv_heads
+    folded_q = q.reshape(batch, kv_heads, group * length, dim)  # row g * T + t is head j * G + g, token t
+    folded_mask = (
+        mask.unsqueeze(2).expand(-1, -1, group, -1, -1).reshape(mask.shape[0], 1, group * length, -1)
+    )
+    out = F.scaled_dot_product_attention(folded_q, k, v, attn_mask=folded_mask)
+    return out.view(batch, heads, length, dim)
 
 
 @dataclass
@@ -83,8 +104,8 @@ class SlotAttention:
         return k.index_select(0, b.slots), v.index_select(0, b.slots)
 
     def attend(self, layer: int, q: torch.Tensor) -> torch.Tensor:
-        k, v = self.keys_values(layer)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=self.batch.mask)
+        k, v = self.keys_values(layer)  # [B, Hkv, C, D]
+        return grouped_attention(q, k, v, self.batch.mask)
 
 
 class NaiveAttention(SlotAttention):

@@ -11,25 +11,80 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 EOS_TOKEN_ID = 50256  # GPT-2's <|endoftext|>, the last id of its vocabulary
+ARCHITECTURES = ("gpt2", "llama")  # the families in rosebench/engine/models/, one file each
+
+
+@dataclass(frozen=True)
+class RopeScaling:
+    """Llama 3's frequency-dependent RoPE scaling (``rope_type: llama3``), the one scaling supported."""
+
+    factor: float
+    low_freq_factor: float
+    high_freq_factor: float
+    original_max_position_embeddings: int
 
 
 @dataclass(frozen=True)
 class ModelConfig:
+    """A model's shape and the facts the engine needs of it: how many K/V heads each layer stores (the KV
+    cache's shape), how many positions it takes, its vocabulary and its EOS ids. Fields a family does not
+    use keep their defaults (GPT-2 has no RoPE; the Llama family no learned positions)."""
+
+    architecture: str = "gpt2"
     vocab_size: int = EOS_TOKEN_ID + 1
     n_positions: int = 1024
     n_embd: int = 768
     n_layer: int = 12
     n_head: int = 12
-    layer_norm_eps: float = 1e-5
+    n_kv_head: int | None = None  # grouped-query attention: fewer K/V heads; None = n_head
+    head_size: int | None = None  # None = n_embd // n_head (some Llama-family models set it apart)
+    intermediate_size: int | None = None  # the MLP's width; None = 4 * n_embd (GPT-2's)
+    layer_norm_eps: float = 1e-5  # LayerNorm's eps for GPT-2, RMSNorm's for the Llama family
+    rope_theta: float = 10000.0
+    rope_scaling: RopeScaling | None = None
+    qkv_bias: bool = True
+    out_bias: bool = True
+    mlp_bias: bool = True
+    tie_word_embeddings: bool = True
+    eos_token_ids: tuple[int, ...] = (EOS_TOKEN_ID,)  # generation stops at any of them; () = never
 
     def __post_init__(self) -> None:
-        if self.n_embd % self.n_head:
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(
+                f"architecture={self.architecture}: allowed values are {', '.join(ARCHITECTURES)}"
+            )
+        if self.head_size is None and self.n_embd % self.n_head:
             raise ValueError(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
+        if self.n_head % self.num_kv_heads:
+            raise ValueError(f"n_head={self.n_head} must be divisible by n_kv_head={self.num_kv_heads}")
+        if self.architecture == "llama" and self.head_dim % 2:
+            raise ValueError(f"head_dim={self.head_dim} must be even (RoPE rotates pairs)")
 
     @property
     def head_dim(self) -> int:
-        return self.n_embd // self.n_head
+        return self.head_size or self.n_embd // self.n_head
 
+    @property
+    def num_kv_heads(self) -> int:
+        """K/V heads per layer: what the KV cache stores, ``n_head / num_kv_heads`` times fewer than
+        the query heads."""
+        return self.n_kv_head or self.n_head
+
+    @property
+    def mlp_width(self) -> int:
+        return self.intermediate_size or 4 * self.n_embd
+
+    @property
+    def description(self) -> str:
+        """``12-layer 768-wide GPT-2`` or ``30-layer 576-wide Llama (9 query / 3 K/V heads)``."""
+        if self.architecture == "gpt2":
+            return f"{self.n_layer}-layer {self.n_embd}-wide GPT-2"
+        heads = f"{self.n_head} query / {self.num_kv_heads} K/V heads"
+        return f"{self.n_layer}-layer {self.n_embd}-wide Llama ({heads})"
+
+
+# The Llama family's presets use its defaults: no biases, RMSNorm eps 1e-5 (SmolLM2's), theta 10000.
+_LLAMA = {"architecture": "llama", "qkv_bias": False, "out_bias": False, "mlp_bias": False}
 
 MODEL_PRESETS: dict[str, ModelConfig] = {
     "gpt2": ModelConfig(),
@@ -37,6 +92,31 @@ MODEL_PRESETS: dict[str, ModelConfig] = {
     "gpt2-large": ModelConfig(n_embd=1280, n_layer=36, n_head=20),
     # Small enough for tests and smoke runs; keeps the real vocabulary so the tokenizer still applies.
     "tiny": ModelConfig(n_positions=256, n_embd=64, n_layer=2, n_head=4),
+    # SmolLM2-135M's shape (HuggingFaceTB/SmolLM2-135M config.json): 3 query heads share each K/V head.
+    "smollm2-135m": ModelConfig(
+        **_LLAMA,
+        vocab_size=49152,
+        n_positions=8192,
+        n_embd=576,
+        n_layer=30,
+        n_head=9,
+        n_kv_head=3,
+        intermediate_size=1536,
+        rope_theta=100000.0,
+        eos_token_ids=(0,),
+    ),
+    # SmolLM2's vocabulary and EOS with a 2-layer, 64-wide body (2 query heads per K/V head): for tests.
+    "llama-tiny": ModelConfig(
+        **_LLAMA,
+        vocab_size=49152,
+        n_positions=256,
+        n_embd=64,
+        n_layer=2,
+        n_head=4,
+        n_kv_head=2,
+        intermediate_size=128,
+        eos_token_ids=(0,),
+    ),
 }
 
 DTYPE_NAMES = ("float32", "bfloat16", "float16")

@@ -19,7 +19,7 @@ import weakref
 import torch
 from torch import nn
 
-from rosebench.engine.model import GPT2
+from rosebench.engine.models.base import CausalLM
 
 # The CPU flags (as /proc/cpuinfo and torch.cpu.get_capabilities() name them) of instructions that
 # multiply bf16 matrices natively: AMX tiles (Intel Sapphire Rapids on) and AVX-512 BF16 dot products
@@ -81,15 +81,13 @@ class PackedLinear(nn.Module):
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
 
 
-def prepack(model: GPT2, batch_hint: int) -> None:
-    """Swap every linear layer (and the tied lm_head) for a prepacked one, in place."""
-    for block in model.blocks:
-        for parent, name in (
-            (block.attn, "qkv_proj"),
-            (block.attn, "out_proj"),
-            (block.mlp, "fc1"),
-            (block.mlp, "fc2"),
-        ):
-            linear = getattr(parent, name)
-            setattr(parent, name, PackedLinear(linear.weight, linear.bias, batch_hint))
-    model.lm_head = PackedLinear(model.token_embedding.weight, None, batch_hint)
+def prepack(model: CausalLM, batch_hint: int) -> None:
+    """Swap every linear layer and the output head (tied or not) for a prepacked one, in place."""
+    linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    for name, linear in linears:
+        parent_name, _, attribute = name.rpartition(".")
+        setattr(
+            model.get_submodule(parent_name), attribute, PackedLinear(linear.weight, linear.bias, batch_hint)
+        )
+    if model.lm_head is None:  # tied: the head multiplies by the token embedding
+        model.lm_head = PackedLinear(model.token_embedding.weight, None, batch_hint)

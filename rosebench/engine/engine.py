@@ -14,7 +14,7 @@ from torch.profiler import record_function
 
 from rosebench.engine.attention import ATTENTION_CLASSES, LabelledAttention, StepBatch
 from rosebench.engine.block_manager import BlockManager
-from rosebench.engine.config import EOS_TOKEN_ID, EngineConfig
+from rosebench.engine.config import EngineConfig
 from rosebench.engine.cpu_linear import prepack, prepack_supported
 from rosebench.engine.kv_cache import SlotKVCache
 from rosebench.engine.placement import SlotPlacement
@@ -98,8 +98,9 @@ class Engine:
     """
 
     def __init__(
-        self, config: EngineConfig, eos_token_id: int = EOS_TOKEN_ID, static_decode: bool | None = None
+        self, config: EngineConfig, eos_token_id: int | None = None, static_decode: bool | None = None
     ) -> None:
+        """``eos_token_id`` replaces the model's own EOS ids (``ModelConfig.eos_token_ids``) when given."""
         if config.num_threads is not None:
             torch.set_num_threads(config.num_threads)
         self.device = resolve_device(config.device)
@@ -107,7 +108,6 @@ class Engine:
         if static_decode is None:
             static_decode = default_static
         self.dtype = DTYPES[config.dtype]
-        self.eos_token_id = eos_token_id
         self.layer_labels = False  # per-layer profiler regions (profile.detail=layer); eager decode only
         model = build_model(config.model, config.weights, config.seed)
         self.num_parameters = sum(p.numel() for p in model.parameters())  # before prepacking hides weights
@@ -115,6 +115,8 @@ class Engine:
         if config.prepack and prepack_supported(self.device, self.dtype):
             prepack(self.model, batch_hint=config.max_num_seqs)
         self.model_config = model.config
+        # Generation stops at any of these (none: every request runs to its max_new_tokens).
+        self.eos_token_ids = model.config.eos_token_ids if eos_token_id is None else (eos_token_id,)
         n_positions = self.model_config.n_positions
         if config.max_model_len is not None and config.max_model_len > n_positions:
             raise ValueError(f"engine.max_model_len={config.max_model_len}: must be in [1, {n_positions}]")
@@ -351,8 +353,12 @@ class Engine:
     def _mask_early_eos(self, seqs: list[Sequence], logits: torch.Tensor) -> None:
         """EOS may not be drawn by a sequence short of its ``min_tokens``."""
         rows = [i for i, s in enumerate(seqs) if not s.params.eos_allowed(len(s.output_token_ids))]
-        if rows and self.eos_token_id < logits.shape[-1]:
-            logits[torch.tensor(rows, device=logits.device), self.eos_token_id] = float("-inf")
+        eos = [i for i in self.eos_token_ids if i < logits.shape[-1]]
+        if rows and eos:
+            device = logits.device
+            logits[torch.tensor(rows, device=device).unsqueeze(1), torch.tensor(eos, device=device)] = float(
+                "-inf"
+            )
 
     def _postprocess(self, seqs: list[Sequence], starts: list[int], next_ids: list[int]) -> None:
         with record_function("rosebench.engine.postprocess"):
@@ -364,7 +370,7 @@ class Engine:
 
     def _append(self, seq: Sequence, token: int) -> None:
         seq.output_token_ids.append(token)
-        if token == self.eos_token_id and not seq.params.ignore_eos:
+        if token in self.eos_token_ids and not seq.params.ignore_eos:
             seq.finish_reason = "stop"
         elif len(seq.output_token_ids) >= seq.params.max_new_tokens:
             seq.finish_reason = "length"

@@ -1,5 +1,6 @@
-"""KV storage: one preallocated K and V tensor, ``[n_layer, num_slots, n_head, max_model_len, head_dim]``
-(plus a scratch slot when a static decode step pads its batch).
+"""KV storage: one preallocated K and V tensor, ``[n_layer, num_slots, n_kv_head, max_model_len, head_dim]``
+(plus a scratch slot when a static decode step pads its batch). It stores K/V heads, not query heads: with
+grouped-query attention (``n_head / n_kv_head`` query heads per K/V head) it is that many times smaller.
 
 Why per-sequence contiguous slots rather than a paged pool read through a gather: decode attention is
 the hot loop, and on the CPUs this project runs on a per-layer gather of every running sequence's
@@ -40,18 +41,20 @@ class SlotKVCache:
         shape = (
             cfg.n_layer,
             num_slots + int(scratch_slot),
-            cfg.n_head,
+            cfg.num_kv_heads,
             max_model_len + int(scratch_slot),
             cfg.head_dim,
         )
         # Zeros, not empty: attention reads (and masks) positions past a row's length, and 0 * NaN
         # from uninitialised memory would poison the masked softmax product.
-        self.k = torch.zeros(shape, dtype=dtype, device=device)  # [L, slots, H, max_model_len, D]
+        self.k = torch.zeros(shape, dtype=dtype, device=device)  # [L, slots, Hkv, max_model_len, D]
         self.v = torch.zeros(shape, dtype=dtype, device=device)
 
     @staticmethod
     def bytes_per_token(cfg: ModelConfig, dtype: torch.dtype) -> int:
-        return 2 * cfg.n_layer * cfg.n_embd * torch.empty((), dtype=dtype).element_size()
+        """K and V of one token in every layer: ``2 * n_layer * n_kv_head * head_dim`` elements."""
+        elements = 2 * cfg.n_layer * cfg.num_kv_heads * cfg.head_dim
+        return elements * torch.empty((), dtype=dtype).element_size()
 
     def swap_blocks(self, a: int, b: int, num_blocks: int) -> None:
         """Exchange the first ``num_blocks`` blocks of two slots, all layers."""

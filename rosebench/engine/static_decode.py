@@ -25,10 +25,10 @@ import time
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 
+from rosebench.engine.attention import grouped_attention
 from rosebench.engine.kv_cache import SlotKVCache
-from rosebench.engine.model import GPT2
+from rosebench.engine.models.base import CausalLM
 from rosebench.engine.sampler import sample_on_device
 
 FIELDS = ("token_ids", "positions", "slots", "top_k", "seeds", "temperature", "top_p")
@@ -63,9 +63,9 @@ def _bucket(sizes: list[int], n: int) -> int:
 @torch.library.custom_op("rosebench::write_and_attend", mutates_args=("k_cache", "v_cache"))
 def write_and_attend(
     q: torch.Tensor,  # [Bp, H, 1, D]
-    k: torch.Tensor,  # [Bp, H, 1, D] the new token's key
+    k: torch.Tensor,  # [Bp, Hkv, 1, D] the new token's key
     v: torch.Tensor,
-    k_cache: torch.Tensor,  # [L, slots, H, T, D], the whole cache: written in place
+    k_cache: torch.Tensor,  # [L, slots, Hkv, T, D], the whole cache: written in place
     v_cache: torch.Tensor,
     layer: int,
     slots: torch.Tensor,  # [Bp]
@@ -78,9 +78,9 @@ def write_and_attend(
     k_cache[layer, slots, :, positions] = k[:, :, 0]
     v_cache[layer, slots, :, positions] = v[:, :, 0]
     rows, length = mask.shape[0], mask.shape[-1]
-    keys = k_cache[layer, :rows, :, :length]  # [Bp, H, C, D], a view: row b is slot b
+    keys = k_cache[layer, :rows, :, :length]  # [Bp, Hkv, C, D], a view: row b is slot b
     values = v_cache[layer, :rows, :, :length]
-    return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+    return grouped_attention(q, keys, values, mask)
 
 
 @write_and_attend.register_fake
@@ -112,7 +112,7 @@ class StaticSlotAttention:
         self.mask = (context.view(1, -1) <= positions.view(-1, 1)).view(len(slots), 1, 1, -1)  # [Bp, 1, 1, C]
         self._new: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:  # k, v: [Bp, H, 1, D]
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:  # k, v: [Bp, Hkv, 1, D]
         self._new = (k, v)
 
     def attend(self, layer: int, q: torch.Tensor) -> torch.Tensor:  # q: [Bp, H, 1, D]
@@ -131,7 +131,7 @@ class StaticDecoder:
 
     def __init__(
         self,
-        model: GPT2,
+        model: CausalLM,
         cache: SlotKVCache,
         device: torch.device,
         compile: bool = False,

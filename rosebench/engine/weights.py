@@ -1,5 +1,6 @@
-"""Where a model's weights come from: a seeded random init, a Hugging Face GPT-2 folder, or a
-rosetrainer-style ``.pt`` checkpoint. Every failure names the file and the key."""
+"""Where a model's weights come from: a seeded random init, a Hugging Face folder (GPT-2, Llama, Mistral or
+Qwen2, by its config.json's ``model_type``), or a rosetrainer-style GPT-2 ``.pt`` checkpoint. Every failure
+names the file and the key."""
 
 from __future__ import annotations
 
@@ -12,36 +13,10 @@ from pathlib import Path
 import torch
 
 from rosebench.engine.config import MODEL_PRESETS, ModelConfig
-from rosebench.engine.model import GPT2
+from rosebench.engine.models import HF_FAMILIES, create_model
+from rosebench.engine.models.base import CausalLM, WeightsError
 
-
-class WeightsError(ValueError):
-    pass
-
-
-# Hugging Face GPT2LMHeadModel names -> ours. Conv1D weights are stored [in, out]; ours are [out, in].
-_HF_LAYER_KEYS = {
-    "ln_1.weight": "ln_1.weight",
-    "ln_1.bias": "ln_1.bias",
-    "attn.c_attn.weight": "attn.qkv_proj.weight",
-    "attn.c_attn.bias": "attn.qkv_proj.bias",
-    "attn.c_proj.weight": "attn.out_proj.weight",
-    "attn.c_proj.bias": "attn.out_proj.bias",
-    "ln_2.weight": "ln_2.weight",
-    "ln_2.bias": "ln_2.bias",
-    "mlp.c_fc.weight": "mlp.fc1.weight",
-    "mlp.c_fc.bias": "mlp.fc1.bias",
-    "mlp.c_proj.weight": "mlp.fc2.weight",
-    "mlp.c_proj.bias": "mlp.fc2.bias",
-}
-_HF_CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-_HF_TOP_KEYS = {
-    "wte.weight": "token_embedding.weight",
-    "wpe.weight": "position_embedding.weight",
-    "ln_f.weight": "ln_f.weight",
-    "ln_f.bias": "ln_f.bias",
-}
-_HF_BUFFERS = ("attn.bias", "attn.masked_bias")
+__all__ = ["WeightsError", "build_model", "model_config"]
 
 # Aliases accepted in a rosetrainer checkpoint's "config".
 _CONFIG_ALIASES = {
@@ -54,10 +29,10 @@ _CONFIG_ALIASES = {
 }
 
 
-def build_model(preset: str, weights: str | None, seed: int) -> GPT2:
-    """A GPT2 in float32 on the CPU; the caller moves it to its device and dtype."""
+def build_model(preset: str, weights: str | None, seed: int) -> CausalLM:
+    """The model in float32 on the CPU; the caller moves it to its device and dtype."""
     if weights is None:
-        model = GPT2(MODEL_PRESETS[preset])
+        model = create_model(MODEL_PRESETS[preset])
         model.init_weights(torch.Generator().manual_seed(seed))
         return model
     path = _weights_path(weights)
@@ -82,49 +57,36 @@ def _weights_path(weights: str) -> Path:
         return path
     raise WeightsError(
         f"engine.weights={weights}: not found or not a weights source "
-        "(allowed: a Hugging Face GPT-2 folder or a .pt checkpoint file)"
+        "(allowed: a Hugging Face folder of GPT-2, Llama, Mistral or Qwen2, or a GPT-2 .pt checkpoint file)"
     )
 
 
 def _hf_config(config_file: Path) -> ModelConfig:
     if not config_file.is_file():
-        raise WeightsError(f"{config_file}: missing (a Hugging Face GPT-2 folder needs config.json)")
+        raise WeightsError(f"{config_file}: missing (a Hugging Face model folder needs config.json)")
     try:
         hf = json.loads(config_file.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise WeightsError(f"{config_file}: not a JSON file ({_one_line(err)})") from None
     if not isinstance(hf, dict):
         raise WeightsError(f"{config_file}: expected a JSON object")
-    for key in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
-        if key not in hf:
-            raise WeightsError(f"{config_file}: missing key '{key}'")
-    values = {key: hf[key] for key in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head")}
-    values["layer_norm_eps"] = hf.get("layer_norm_epsilon", 1e-5)
-    return _model_config(config_file, values)
+    model_type = hf.setdefault("model_type", "gpt2")  # GPT-2 folders were accepted without one
+    if not isinstance(model_type, str) or model_type not in HF_FAMILIES:
+        raise WeightsError(
+            f"{config_file}: model_type={model_type!r} is not supported (allowed: {', '.join(HF_FAMILIES)})"
+        )
+    architecture, family = HF_FAMILIES[model_type]
+    return _model_config(config_file, {"architecture": architecture, **family.hf_config(hf, config_file)})
 
 
-def load_hf_folder(folder: Path) -> GPT2:
+def load_hf_folder(folder: Path) -> CausalLM:
     cfg = _hf_config(folder / "config.json")
     weights_file, state = _read_hf_state(folder)
-    ours: dict[str, torch.Tensor] = {}
-    for key, tensor in state.items():
-        name = key.removeprefix("transformer.")
-        parts = name.split(".", 2)
-        if name == "lm_head.weight" or (len(parts) == 3 and parts[2] in _HF_BUFFERS):
-            continue  # lm_head is tied to wte; attn.bias/masked_bias are causal-mask buffers
-        if name in _HF_TOP_KEYS:
-            ours[_HF_TOP_KEYS[name]] = tensor
-            continue
-        if len(parts) == 3 and parts[0] == "h" and parts[1].isdigit() and parts[2] in _HF_LAYER_KEYS:
-            ours[f"blocks.{parts[1]}.{_HF_LAYER_KEYS[parts[2]]}"] = (
-                tensor.t() if parts[2] in _HF_CONV1D else tensor
-            )
-            continue
-        raise WeightsError(f"{weights_file}: unknown key {key!r}")
-    return _load_state(GPT2(cfg), ours, weights_file)
+    family = HF_FAMILIES[cfg.architecture][1]
+    return _load_state(create_model(cfg), family.hf_state(state, cfg, weights_file), weights_file)
 
 
-def load_checkpoint(path: Path) -> GPT2:
+def load_checkpoint(path: Path) -> CausalLM:
     payload = _read_checkpoint(path)
     cfg = _checkpoint_config(path, payload)
     state = {k.removeprefix("_orig_mod."): v for k, v in payload["model"].items()}
@@ -137,7 +99,7 @@ def load_checkpoint(path: Path) -> GPT2:
         raise WeightsError(
             f"{path}: key 'lm_head.weight' differs from 'token_embedding.weight' (lm_head is tied)"
         )
-    return _load_state(GPT2(cfg), state, path)
+    return _load_state(create_model(cfg), state, path)
 
 
 def _read_checkpoint(path: Path, mmap: bool = False) -> dict:
@@ -148,7 +110,7 @@ def _read_checkpoint(path: Path, mmap: bool = False) -> dict:
     except _UnsafeOrUnreadable as err:
         raise WeightsError(
             f"engine.weights={path}: not a readable weights checkpoint ({err}; {_SAFE_LOAD}; allowed: a .pt "
-            'file of {"model": state_dict, "config": {...}}, or a Hugging Face GPT-2 folder)'
+            'file of {"model": state_dict, "config": {...}}, or a Hugging Face model folder)'
         ) from None
     if not isinstance(payload, dict) or "model" not in payload or "config" not in payload:
         raise WeightsError(f"{path}: expected a dict with keys 'model' (state_dict) and 'config'")
@@ -224,10 +186,17 @@ def _read_hf_state(folder: Path) -> tuple[Path, dict[str, torch.Tensor]]:
     return source, state
 
 
+_BOOLEANS = ("qkv_bias", "out_bias", "mlp_bias", "tie_word_embeddings")
+_NUMBERS = ("layer_norm_eps", "rope_theta")
+_PASSED_ON = ("architecture", "rope_scaling", "eos_token_ids")  # made and checked by the family's hf_config
+
+
 def _model_config(source: Path, values: dict) -> ModelConfig:
     """The model shape from a weights source's settings, each checked for its type."""
     for key, value in values.items():
-        if key == "layer_norm_eps":
+        if key in _PASSED_ON or key in _BOOLEANS:
+            continue
+        if key in _NUMBERS:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise WeightsError(f"{source}: '{key}' must be a number > 0, got {value!r}")
         elif isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -243,7 +212,7 @@ def _one_line(error: BaseException) -> str:
     return text if len(text) <= 200 else f"{text[:200]} ..."
 
 
-def _load_state(model: GPT2, state: dict[str, torch.Tensor], source: Path) -> GPT2:
+def _load_state(model: CausalLM, state: dict[str, torch.Tensor], source: Path) -> CausalLM:
     expected = model.state_dict()
     for key, tensor in state.items():
         if key not in expected:

@@ -23,7 +23,7 @@ from rosebench.config import ConfigError, RunConfig
 from rosebench.engine.config import MODEL_PRESETS, EngineConfig, ModelConfig
 from rosebench.engine.cpu_linear import bf16_matrix_units
 from rosebench.engine.engine import Engine, NonFiniteLogitsError
-from rosebench.engine.tokenizer import detokenize, load_tokenizer, vocabulary_note
+from rosebench.engine.tokenizer import detokenize, model_tokenizer, vocabulary_note
 from rosebench.engine.weights import model_config
 from rosebench.profiling.session import ProfileResult, ProfileSession
 from rosebench.runner.conditions import ConditionsProbe
@@ -57,7 +57,7 @@ class Setup:
     config: RunConfig  # resolved: the engine's derived values filled in, as recorded in results.json
     engine: Engine
     requests: list[Request]
-    detokenize: Callable[[list[int]], str]
+    detokenize: Callable[[list[int]], str | None]  # None: a model without a tokenizer
 
     def model(self) -> dict[str, Any]:
         """The architecture that was loaded, which is what runs: a preset's name says nothing about a
@@ -101,15 +101,17 @@ class Outcome:
 def prepare(config: RunConfig) -> Setup:
     """Everything that can reject the run's config, before any timing starts."""
     torch.manual_seed(config.seed)
-    tokenizer = load_tokenizer()
     weights = config.engine.weights
     source = model_source(config.engine)
     try:
-        # The model's vocabulary (read without its weights) bounds the prompt ids: random ones are drawn
-        # within it, given ones are checked against it, before the engine is built.
-        vocab = Vocabulary(model_config(config.engine.model, weights).vocab_size, source)
+        # The model (read without its weights) picks the tokenizer, and its vocabulary bounds the prompt
+        # ids: random ones are drawn within it, given ones are checked against it, before the engine is built.
+        shape = model_config(config.engine.model, weights)
+        tokenizer = model_tokenizer(shape, weights, source)
+        draw_below = None if shape.architecture == "gpt2" else tokenizer.n_ordinary
+        vocab = Vocabulary(shape.vocab_size, source, draw_below)
         requests = run_workload(config, tokenizer, vocab)
-        engine = Engine(sized_for_workload(config.engine, requests), eos_token_id=tokenizer.eot_token)
+        engine = Engine(sized_for_workload(config.engine, requests))  # stops at the model's own EOS ids
         SCHEDULERS[config.mode](engine, config.scheduler).validate(requests)
         if (
             config.profile.enabled
@@ -138,14 +140,16 @@ def model_record(engine: EngineConfig, shape: ModelConfig, parameters: int) -> d
     its shape (a preset's name says nothing about a checkpoint)."""
     weights = engine.weights
     short = engine.model if weights is None else f"{shape.n_layer}L{shape.n_embd}d"
-    described = f"{shape.n_layer}-layer {shape.n_embd}-wide GPT-2, {parameters / 1e6:.1f}M params"
+    described = f"{shape.description}, {parameters / 1e6:.1f}M params"
     return {
         "label": short if weights is None else f"{described}, from {weights}",
         "short": short,
         "weights": weights,
+        "architecture": shape.architecture,
         "n_layer": shape.n_layer,
         "n_embd": shape.n_embd,
         "n_head": shape.n_head,
+        "n_kv_head": shape.num_kv_heads,
         "n_positions": shape.n_positions,
         "vocab_size": shape.vocab_size,
         "parameters": parameters,

@@ -31,7 +31,7 @@ import torch
 from rosebench.config import ConfigError, RunConfig
 from rosebench.engine.config import EngineConfig, KVCacheConfig
 from rosebench.engine.engine import check_fits_context, resolve_device
-from rosebench.engine.model import GPT2
+from rosebench.engine.models import create_model
 from rosebench.engine.tokenizer import detokenize, load_tokenizer
 from rosebench.engine.weights import model_config
 from rosebench.files import write_atomic
@@ -102,7 +102,7 @@ class RemoteSetup:
         engine = self.config.engine
         shape = model_config(engine.model, engine.weights)
         with torch.device("meta"):  # no memory: only the parameter count is wanted
-            parameters = sum(p.numel() for p in GPT2(shape).parameters())
+            parameters = sum(p.numel() for p in create_model(shape).parameters())
         return model_record(engine, shape, parameters)
 
     def environment(self) -> dict[str, Any]:

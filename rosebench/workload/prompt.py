@@ -24,6 +24,9 @@ class Vocabulary:
 
     size: int
     source: str = "the model"
+    # Random prompts draw ids below this too: the tokenizer's ordinary tokens. None = GPT-2's, the ids
+    # below <|endoftext|>.
+    draw_below: int | None = None
 
     def first_outside(self, ids: Iterable[int]) -> int | None:
         return next((t for t in ids if not 0 <= t < self.size), None)

@@ -14,13 +14,16 @@ from rosebench.workload.prompt import Prompt, Vocabulary, check_at_least_one, ch
 
 
 def draw_limit(vocab: Vocabulary | None) -> int:
-    """Random prompt ids are drawn from [0, draw_limit): the tokenizer's ordinary tokens (all but
-    ``<|endoftext|>``, as in real prompt text) that the model has (``vocab``; None: all of them).
+    """Random prompt ids are drawn from [0, draw_limit): the tokenizer's ordinary tokens (GPT-2's: all but
+    ``<|endoftext|>``, as in real prompt text; another's: ``vocab.draw_below``) that the model has
+    (``vocab``; None: all of them).
 
     The smaller of the two vocabularies, because an id beyond the model's has no embedding, and an id
     beyond the tokenizer's ordinary ones is never what text encodes to: ``<|endoftext|>``, or the extra
     rows of a vocabulary padded for speed (50304), which training never saw in an input."""
-    return EOS_TOKEN_ID if vocab is None else min(vocab.size, EOS_TOKEN_ID)
+    if vocab is None:
+        return EOS_TOKEN_ID
+    return min(vocab.size, EOS_TOKEN_ID if vocab.draw_below is None else vocab.draw_below)
 
 
 def random_token_ids(rng: random.Random, length: int, vocab: Vocabulary | None = None) -> list[int]:

@@ -1,26 +1,16 @@
-"""GPT-2 (pre-LN, learned positions, GELU-tanh, tied lm_head) whose attention reads and writes a KV cache.
-
-The model is layout-agnostic: each attention layer hands its new K/V and its queries to a
-``KVAttention`` object built once per engine step, which owns where K/V live and how they are read.
-It carries no instrumentation: the engine labels its regions, so that a compiled or graph-captured
-step holds nothing but the model's own ops.
-"""
+"""GPT-2 (pre-LN, learned positions, GELU-tanh, tied lm_head), and how a Hugging Face GPT-2 folder maps
+onto it."""
 
 from __future__ import annotations
 
-from typing import Protocol
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from rosebench.engine.config import ModelConfig
-
-
-class KVAttention(Protocol):
-    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None: ...
-
-    def attend(self, layer: int, q: torch.Tensor) -> torch.Tensor: ...
+from rosebench.engine.models.base import KVAttention, WeightsError, tied_or_own_head
 
 
 class SelfAttention(nn.Module):
@@ -44,8 +34,8 @@ class SelfAttention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(cfg.n_embd, 4 * cfg.n_embd)
-        self.fc2 = nn.Linear(4 * cfg.n_embd, cfg.n_embd)
+        self.fc1 = nn.Linear(cfg.n_embd, cfg.mlp_width)
+        self.fc2 = nn.Linear(cfg.mlp_width, cfg.n_embd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
@@ -97,6 +87,61 @@ class GPT2(nn.Module):
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """The tied lm_head, computed only for the rows that are sampled."""
-        if self.lm_head is not None:
-            return self.lm_head(hidden).float()
-        return F.linear(hidden, self.token_embedding.weight).float()
+        return tied_or_own_head(self, hidden)
+
+
+# -- a Hugging Face GPT-2 folder ------------------------------------------------------------------------
+# GPT2LMHeadModel names -> ours. Conv1D weights are stored [in, out]; ours are [out, in].
+_HF_LAYER_KEYS = {
+    "ln_1.weight": "ln_1.weight",
+    "ln_1.bias": "ln_1.bias",
+    "attn.c_attn.weight": "attn.qkv_proj.weight",
+    "attn.c_attn.bias": "attn.qkv_proj.bias",
+    "attn.c_proj.weight": "attn.out_proj.weight",
+    "attn.c_proj.bias": "attn.out_proj.bias",
+    "ln_2.weight": "ln_2.weight",
+    "ln_2.bias": "ln_2.bias",
+    "mlp.c_fc.weight": "mlp.fc1.weight",
+    "mlp.c_fc.bias": "mlp.fc1.bias",
+    "mlp.c_proj.weight": "mlp.fc2.weight",
+    "mlp.c_proj.bias": "mlp.fc2.bias",
+}
+_HF_CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+_HF_TOP_KEYS = {
+    "wte.weight": "token_embedding.weight",
+    "wpe.weight": "position_embedding.weight",
+    "ln_f.weight": "ln_f.weight",
+    "ln_f.bias": "ln_f.bias",
+}
+_HF_BUFFERS = ("attn.bias", "attn.masked_bias")
+_HF_SHAPE_KEYS = ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head")
+
+
+def hf_config(hf: dict, config_file: Path) -> dict[str, object]:
+    """``ModelConfig`` values from a GPT-2 ``config.json`` (checked for type by the caller)."""
+    for key in _HF_SHAPE_KEYS:
+        if key not in hf:
+            raise WeightsError(f"{config_file}: missing key '{key}'")
+    values: dict[str, object] = {key: hf[key] for key in _HF_SHAPE_KEYS}
+    values["layer_norm_eps"] = hf.get("layer_norm_epsilon", 1e-5)
+    return values
+
+
+def hf_state(state: dict[str, torch.Tensor], cfg: ModelConfig, source: Path) -> dict[str, torch.Tensor]:
+    """A ``GPT2LMHeadModel`` state_dict renamed (and its Conv1D weights transposed) to ours."""
+    ours: dict[str, torch.Tensor] = {}
+    for key, tensor in state.items():
+        name = key.removeprefix("transformer.")
+        parts = name.split(".", 2)
+        if name == "lm_head.weight" or (len(parts) == 3 and parts[2] in _HF_BUFFERS):
+            continue  # lm_head is tied to wte; attn.bias/masked_bias are causal-mask buffers
+        if name in _HF_TOP_KEYS:
+            ours[_HF_TOP_KEYS[name]] = tensor
+            continue
+        if len(parts) == 3 and parts[0] == "h" and parts[1].isdigit() and parts[2] in _HF_LAYER_KEYS:
+            ours[f"blocks.{parts[1]}.{_HF_LAYER_KEYS[parts[2]]}"] = (
+                tensor.t() if parts[2] in _HF_CONV1D else tensor
+            )
+            continue
+        raise WeightsError(f"{source}: unknown key {key!r}")
+    return ours
