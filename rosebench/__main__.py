@@ -40,9 +40,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("rosebench")
 register_configs()
-# Hydra finds sweepers by walking the hydra_plugins package, which misses an editable install's (pip
-# install -e .): hydra/sweeper=capacity is registered here instead (importing it stores its config node).
-Plugins.instance().register(CapacitySweeper)
 
 
 def _now() -> str:
@@ -407,6 +404,10 @@ def main() -> None:
     if problem is not None:
         print(f"rosebench: error: {problem}", file=sys.stderr)
         sys.exit(1)
+    # Hydra finds sweepers by walking the hydra_plugins package, which misses an editable install's (pip
+    # install -e .): hydra/sweeper=capacity is registered here instead (importing it stores its config
+    # node). Here, not at import: a launcher's workers import this module, and registering scans plugins.
+    Plugins.instance().register(CapacitySweeper)
     try:
         with stop_signals_as_interrupt():
             _hydra_main()
