@@ -97,6 +97,18 @@ def test_profiled_run_lands_with_params_metrics_tags_and_artifacts(tmp_path: Pat
     assert run.info.run_name == f"online-{overrides}"
     link = f"#/experiments/{run.info.experiment_id}/runs?workflowType=machine_learning&viewStateShareKey="
     assert f"{link}rosebench" in proc.stdout  # the printed UI link: the runs table, headline columns
+    view = json.loads(client.get_experiment(run.info.experiment_id).tags["mlflow.sharedViewState.rosebench"])
+    assert view["columnOrder"][:3] == [
+        "metrics.`throughput_completion_tok_s`",
+        "metrics.`ttft_ms_p50`",
+        "metrics.`tpot_ms_p50`",
+    ]  # what a performance engineer reads first, not MLflow's alphabetical e2e, itl, peak_rss
+    assert (
+        set(view["columnOrder"])
+        == set(view["selectedColumns"])
+        == {f"metrics.`{m}`" for m in HEADLINE_METRICS}
+    )
+    assert "searchFilter" not in view  # single runs: the whole experiment, earlier runs beside this one
     params, metrics, tags = run.data.params, run.data.metrics, run.data.tags
     assert params["engine.model"] == "tiny" and params["num_requests"] == "3" and params["mode"] == "online"
     results = read_results(tmp_path / "run")
