@@ -202,14 +202,16 @@ def test_table_plots_a_frontier_only_for_a_load_knob(tmp_path: Path) -> None:
     figures = {"ttft_ms_p99": 5.0, "throughput_completion_tok_s": 9.0, "tpot_ms_mean": 1.0}
     load = Table.of([row({"num_requests": n}, figures) for n in ("1", "2")])
     names = sorted(p.name for p in load.plots(tmp_path / "load"))
-    assert names == [
+    assert names == [  # a PNG per plotted metric the runs have: here throughput alone
         "frontier_num_requests.png",
         "latency_vs_throughput_num_requests.png",
-        "metrics_vs_num_requests.png",
+        "throughput_completion_tok_s_vs_num_requests.png",
     ]
     assert list(load.frontiers()) == ["num_requests"]
     other = Table.of([row({"max_new_tokens": n}, figures) for n in ("1", "2")])
-    assert [p.name for p in other.plots(tmp_path / "other")] == ["metrics_vs_max_new_tokens.png"]
+    assert [p.name for p in other.plots(tmp_path / "other")] == [
+        "throughput_completion_tok_s_vs_max_new_tokens.png"
+    ]
     assert other.frontiers() == {}
 
 

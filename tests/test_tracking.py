@@ -54,6 +54,7 @@ HEADLINE = [
 # a column per pass are logged), written to its folder only.
 RUN = ("engine=tiny", "max_new_tokens=4", "warmup=0", "repeat=2", "tracking=off")
 SWEEP = (*RUN, "num_requests=1,4,16")
+SWEEP_PLOTS = [f"plots/{metric}_vs_num_requests.png" for metric in PLOTTED_METRICS]  # a PNG per metric
 # Longer than MLflow's 6000-character param limit, yet 110 tokens: 64 dashes are one GPT-2 token.
 LONG_PROMPT = "-" * 7000
 
@@ -365,7 +366,7 @@ def test_upload_sweep_folder_makes_parent_and_children(tmp_path, capsys, sweep):
     assert {json.loads((j / "tracking.json").read_text())["run_id"] for j in jobs} == {
         c.info.run_id for c in children
     }
-    assert {SWEEP_TABLE, "plots/metrics_vs_num_requests.png"} <= artifact_paths(client, parent.info.run_id)
+    assert {SWEEP_TABLE, *SWEEP_PLOTS} <= artifact_paths(client, parent.info.run_id)
 
     capsys.readouterr()
     assert upload.main([str(sweep_dir), "--uri", uri]) == 0
@@ -436,7 +437,7 @@ def test_sweep_callback_parent_children_table_and_plots(tmp_path, sweep):
     assert [r["num_requests"] for r in rows] == ["1", "4", "16"]
     assert [r["throughput_completion_tok_s"] for r in rows] == throughputs
     assert {r["status"] for r in rows} == {"FINISHED"}
-    assert "plots/metrics_vs_num_requests.png" in artifact_paths(client, parent.info.run_id)
+    assert set(SWEEP_PLOTS) <= artifact_paths(client, parent.info.run_id)
     # A collapsed sweep reads at a glance: the swept values and the fixed ones; its figures are each child's,
     # as a history over the knob (MLflow's line chart of the parent draws them against num_requests).
     assert parent.data.params["num_requests"] == "1,4,16" and parent.data.params["engine.model"] == "tiny"
@@ -519,7 +520,8 @@ def test_report_on_sweep_folder(tmp_path, capsys, sweep):
     ]
     for metric in ("throughput_completion_tok_s", "ttft_ms_p50"):  # rounded as MLflow holds them
         assert [float(row[metric]) for row in rows] == [rounded(r["metrics"][metric]) for r in results]
-    assert (tmp_path / "plots" / "metrics_vs_num_requests.png").stat().st_size > 0
+    for plot in SWEEP_PLOTS:
+        assert (tmp_path / plot).stat().st_size > 0
 
     def cells(job: dict[str, Any]) -> list[str]:
         shown = [as_shown(rounded(job["metrics"][metric])) for metric in HEADLINE]
@@ -578,9 +580,10 @@ def test_sweep_plot_draws_error_bars_and_keeps_its_legend_off_the_panels():
         for n in (1, 4, 16)
         for b in (1, 2)
     ]
-    fig = metric_vs_param_figure(points, "num_requests", ["num_requests", "scheduler.max_batch_size"])
+    swept = ["num_requests", "scheduler.max_batch_size"]
+    fig = metric_vs_param_figure(points, "throughput_completion_tok_s", "num_requests", swept)
     FigureCanvasAgg(fig).draw()
-    throughput = fig.axes[0]
+    [throughput] = fig.axes
     bars = [c for c in throughput.containers if isinstance(c, ErrorbarContainer)]
     assert len(bars) == 2 and all(c.has_yerr for c in bars)  # one series per batch size
     spans = [seg[1][1] - seg[0][1] for c in bars for seg in c.lines[2][0].get_segments()]
@@ -599,9 +602,10 @@ def test_sweep_plot_error_bars_are_each_runs_spread_over_its_own_passes(sweep):
 
     runs = jobs_in_order(sweep)
     table = Table.of(row_from_folder(run) for run in runs)
-    fig = metric_vs_param_figure(table.points(), "num_requests", table.swept)
-    FigureCanvasAgg(fig).draw()
-    for ax, metric in zip(fig.axes, PLOTTED_METRICS, strict=True):
+    for metric in PLOTTED_METRICS:
+        fig = metric_vs_param_figure(table.points(), metric, "num_requests", table.swept)
+        FigureCanvasAgg(fig).draw()
+        [ax] = fig.axes
         [bars] = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
         drawn = sorted((seg[0][0], (seg[1][1] - seg[0][1]) / 2) for seg in bars.lines[2][0].get_segments())
         expected = []
