@@ -1,5 +1,6 @@
 """Decode throughput of the engine's default path (attention="slot"), its ``naive`` variant and Hugging
-Face ``GPT2LMHeadModel.generate``, on identical weights and identical random-token prompts.
+Face ``generate`` (``GPT2LMHeadModel``, ``LlamaForCausalLM``), on identical weights and identical
+random-token prompts.
 
 Scenarios (greedy, float32, ignore EOS so every request makes exactly N tokens):
   a) batch 16, prompt 32, 128 new tokens  -- target: default >= 1.4x HF generate (tok/s)
@@ -8,14 +9,17 @@ Scenarios (greedy, float32, ignore EOS so every request makes exactly N tokens):
      plus "default compiled" (engine.compile=true: the static decode step under torch.compile, compiled
      before its runs) as a ratio to default on decode tok/s; target >= 1.15x (--skip-compile leaves it out)
   b) batch 64, prompt 448 + 64 new tokens -- target: default >= 5x naive (tok/s); HF only with --with-hf-long
+  s) SmolLM2-135M's shape (Llama family: 30 layers, width 576, 9 query heads sharing 3 K/V heads, tied
+     embeddings), batch 16, prompt 32, 128 new tokens, float32 -- target: default >= 1.4x HF generate
+     (LlamaForCausalLM.generate) (tok/s); --quick uses a 2-layer, 64-wide Llama instead
 
 tok/s = completion tokens / wall time of the whole generation (prefill included), for every contender.
 decode tok/s = tokens made by decode steps (N - 1 per request) / time in decode steps (engine paths only).
 Each contender is warmed up once, then the runs are interleaved (A, B, C, A, B, C, ...) so machine noise
 hits all alike; the table reports the median and min-max, and ratios of medians.
-The weights are GPT2Config() drawn under --seed (the tiny preset with --quick), saved with save_pretrained
-and loaded by the engine from that folder. The engine's prefix cache is off: the same prompts repeat across
-runs and HF has no such cache.
+The weights are GPT2Config() (scenarios a, b) or SmolLM2-135M's LlamaConfig (s) drawn under --seed (tiny
+shapes with --quick), saved with save_pretrained and loaded by the engine from that folder. The engine's
+prefix cache is off: the same prompts repeat across runs and HF has no such cache.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import torch
 
 from rosebench.engine import Engine, EngineConfig
 from rosebench.engine.cpu_linear import bf16_matrix_units
+from rosebench.workload import Vocabulary
 from rosebench.workload.random_tokens import random_token_ids
 
 
@@ -47,6 +52,8 @@ class Scenario:
     with_hf: bool
     with_bf16: bool = False
     with_compile: bool = False
+    family: str = "gpt2"  # which saved model it runs: "gpt2" or "llama" (SmolLM2-135M's shape)
+    with_naive: bool = True
 
 
 @dataclass
@@ -74,17 +81,60 @@ def scenarios(
         a.targets.append(("default bf16", "default", 2.0, "decode tok/s"))  # issue 11: on CPUs with AMX
     # Issue 2's 5x is on decode throughput; the whole generation here is dominated by 64 x 448 prefills.
     b = Scenario("b", 64, 448, 64, [("default", "naive", 5.0, "decode tok/s")], with_hf=with_hf_long)
+    smollm2 = Scenario(
+        "s",
+        16,
+        32,
+        128,
+        [("default", "HF generate", 1.4, "tok/s")],
+        with_hf=True,
+        family="llama",
+        with_naive=False,
+    )
     if quick:
         a.batch, a.prompt_len, a.new_tokens = 4, 8, 8
         b.batch, b.prompt_len, b.new_tokens = 8, 48, 16
-    return [a, b]
+        smollm2.batch, smollm2.prompt_len, smollm2.new_tokens = 4, 8, 8
+    return [a, b, smollm2]
+
+
+# SmolLM2-135M's config.json (HuggingFaceTB/SmolLM2-135M), and the shape --quick runs instead. No EOS id:
+# both sides then generate every token, as ignore_eos does on the engine's side.
+SMOLLM2_HF = {
+    "vocab_size": 49152,
+    "hidden_size": 576,
+    "intermediate_size": 1536,
+    "num_hidden_layers": 30,
+    "num_attention_heads": 9,
+    "num_key_value_heads": 3,
+    "max_position_embeddings": 8192,
+    "rms_norm_eps": 1e-5,
+    "rope_theta": 100000.0,
+    "tie_word_embeddings": True,
+    "bos_token_id": None,
+    "eos_token_id": None,
+}
+TINY_LLAMA_HF = {**SMOLLM2_HF, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2}
+TINY_LLAMA_HF |= {"num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 256}
+
+
+def save_hf_llama(folder: Path, seed: int, tiny: bool) -> torch.nn.Module:
+    """A randomly initialised ``LlamaForCausalLM`` of SmolLM2-135M's shape (or a tiny one) drawn under
+    ``seed``, saved with ``save_pretrained`` so the engine loads the very same weights from ``folder``."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(LlamaConfig(**(TINY_LLAMA_HF if tiny else SMOLLM2_HF))).eval()
+    model.save_pretrained(folder)
+    return model
 
 
 def run_scenario(
     s: Scenario, folder: Path, hf_model: torch.nn.Module, repeats: int, seed: int, device: str
 ) -> str:
     rng = random.Random(seed)
-    prompts = [random_token_ids(rng, s.prompt_len) for _ in range(s.batch)]
+    vocab = Vocabulary(hf_model.config.vocab_size)  # SmolLM2's 49152 ids are fewer than GPT-2's
+    prompts = [random_token_ids(rng, s.prompt_len, vocab) for _ in range(s.batch)]
     new = [s.new_tokens] * s.batch
     hf_device = next(hf_model.parameters()).device
 
@@ -115,9 +165,10 @@ def run_scenario(
         return out, time.perf_counter() - start, None
 
     contenders: dict[str, Callable[[], tuple[list[list[int]], float, float | None]]] = {
-        "default": engine_runner("slot"),
-        "naive": engine_runner("naive"),
+        "default": engine_runner("slot")
     }
+    if s.with_naive:
+        contenders["naive"] = engine_runner("naive")
     if s.with_bf16:
         contenders["default bf16"] = engine_runner("slot", "bfloat16")
     if s.with_compile:
@@ -182,7 +233,11 @@ def run_scenario(
     for num, den, metric, note in informative:
         if num in tok_s and den in tok_s and (num, den, metric) not in targeted:
             ratio_rows.append([f"{num} / {den} ({metric})", f"{ratio(num, den, metric):.2f}x", note, "-"])
-    checks = [f"- greedy tokens, default vs naive: {C.first_mismatch(outputs['default'], outputs['naive'])}"]
+    checks = []
+    if "naive" in outputs:
+        checks.append(
+            f"- greedy tokens, default vs naive: {C.first_mismatch(outputs['default'], outputs['naive'])}"
+        )
     if "HF generate" in outputs:
         checks.append(
             f"- greedy tokens, default vs HF generate: "
@@ -198,8 +253,9 @@ def run_scenario(
             f"- greedy tokens, default bf16 vs default (float32; may differ): "
             f"{C.first_mismatch(outputs['default bf16'], outputs['default'])}"
         )
+    shape = "Llama family, " if s.family == "llama" else ""
     title = (
-        f"Scenario {s.name}: batch {s.batch}, prompt {s.prompt_len}, {s.new_tokens} new tokens, "
+        f"Scenario {s.name}: {shape}batch {s.batch}, prompt {s.prompt_len}, {s.new_tokens} new tokens, "
         f"greedy, float32{' (and bf16 where named)' if s.with_bf16 else ''}, "
         f"{repeats} interleaved runs after 1 warm-up"
     )
@@ -215,7 +271,7 @@ def run_scenario(
 def main() -> None:
     parser = C.base_parser(__doc__)
     parser.add_argument("--with-hf-long", action="store_true", help="also run HF generate in scenario b")
-    parser.add_argument("--scenario", choices=["a", "b", "all"], default="all")
+    parser.add_argument("--scenario", choices=["a", "b", "s", "all"], default="all")
     parser.add_argument("--device", default="cpu", help="cpu (the targets' setting) or cuda")
     parser.add_argument("--skip-bf16", action="store_true", help="leave out the bf16 row of scenario a")
     parser.add_argument(
@@ -228,8 +284,18 @@ def main() -> None:
         args.repeats = min(args.repeats, 2)
     sections = []
     with tempfile.TemporaryDirectory(prefix="rosebench-hf-") as tmp:
-        hf_model = C.save_hf_gpt2(Path(tmp), args.seed, tiny=args.quick).to(args.device)
-        model_name = "tiny (--quick)" if args.quick else "gpt2 (GPT2Config())"
+        folders = {"gpt2": Path(tmp) / "gpt2", "llama": Path(tmp) / "smollm2"}
+        every = scenarios(args.quick, True, False, False, False, args.device)
+        wanted = {s.family for s in every if args.scenario in (s.name, "all")}
+        save = {"gpt2": C.save_hf_gpt2, "llama": save_hf_llama}
+        hf_models = {
+            f: save[f](folders[f], args.seed, tiny=args.quick).to(args.device) for f in sorted(wanted)
+        }
+        model_name = (
+            "tiny GPT-2 and tiny Llama (--quick)"
+            if args.quick
+            else "gpt2 (GPT2Config()) in a and b, SmolLM2-135M's LlamaConfig in s"
+        )
         chosen = scenarios(
             args.quick,
             not args.skip_hf,
@@ -240,7 +306,8 @@ def main() -> None:
         )
         for s in chosen:
             if args.scenario in (s.name, "all"):
-                sections.append(run_scenario(s, Path(tmp), hf_model, args.repeats, args.seed, args.device))
+                folder, hf_model = folders[s.family], hf_models[s.family]
+                sections.append(run_scenario(s, folder, hf_model, args.repeats, args.seed, args.device))
     body = f"Model: {model_name}, random init under seed {args.seed}, device {args.device}.\n\n"
     body += "\n".join(sections)
     C.emit(

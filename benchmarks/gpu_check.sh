@@ -14,6 +14,9 @@
 #    with a line when fastapi/uvicorn/aiohttp/prometheus-client are missing (carry their wheels too).
 # 5. A capacity search (hydra/sweeper=capacity) on the GPU under a TTFT and TPOT bound, budget 6 runs: the
 #    bracket it found and why it stopped.
+# 6. The Llama family (issue 25): its CUDA tests (tests/test_llama_parity.py -m cuda: graphs and compile vs
+#    eager and transformers, grouped-query attention) ran in step 1; here SmolLM2-135M's shape
+#    (engine=smollm2-135m, random weights, token-id workload) with CUDA graphs on and off, and compiled.
 # Then one table. Runs use tracking=off (MLflow is not needed); their folders stay under $OUT (or a
 # temporary folder), named in the table. A machine without hydra-core/omegaconf can install them from
 # wheels first: pip install --no-deps -e . && pip install --no-index --find-links WHEELS hydra-core.
@@ -23,9 +26,10 @@ out="${OUT:-$(mktemp -d)}/gpu_check"
 mkdir -p "$out"
 python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'gpu_check: no CUDA device')" || exit 2
 
-echo "== 1/5 CUDA tests" >&2
+echo "== 1/6 CUDA tests" >&2
 # -o addopts=: the GPU machine may lack pytest-xdist (pyproject adds -n); one GPU runs these in turn.
-timeout 300 python -m pytest -o addopts= -m cuda -q -rs tests/test_static_decode.py >"$out/pytest.txt" 2>&1
+timeout 300 python -m pytest -o addopts= -m cuda -q -rs tests/test_static_decode.py tests/test_llama_parity.py \
+  >"$out/pytest.txt" 2>&1
 echo "pytest -m cuda: exit $?" >"$out/pytest_status.txt"
 tail -3 "$out/pytest.txt" >&2
 
@@ -38,15 +42,15 @@ run() {  # NAME OVERRIDES...
   timeout 240 python -m rosebench "$@" "hydra.run.dir=$out/$name" >"$out/$name.log" 2>&1 ||
     echo "gpu_check: $name failed, see $out/$name.log" >&2
 }
-echo "== 2/5 throughput, graphs on and off" >&2
+echo "== 2/6 throughput, graphs on and off" >&2
 for batch in 64 16; do
   for graphs in true false; do
     run "b${batch}_graphs_${graphs}" "${WORKLOAD[@]}" scheduler.max_batch_size=$batch engine.cuda_graphs=$graphs
   done
 done
-echo "== 3/5 the README's profiled online run" >&2
+echo "== 3/6 the README's profiled online run" >&2
 run online_profiled mode=online profile.enabled=true tracking=off
-echo "== 4/5 the engine over HTTP" >&2
+echo "== 4/6 the engine over HTTP" >&2
 if python -c "import fastapi, uvicorn, aiohttp, prometheus_client" 2>/dev/null; then
   SERVE=(mode=online num_requests=64 max_new_tokens=256 sampling.ignore_eos=true engine.dtype=bfloat16
     scheduler.max_batch_size=16 warmup=1 repeat=3 tracking=off)
@@ -55,11 +59,17 @@ if python -c "import fastapi, uvicorn, aiohttp, prometheus_client" 2>/dev/null; 
 else
   echo "gpu_check: no fastapi/uvicorn/aiohttp/prometheus-client here: the serving check is skipped" >&2
 fi
-echo "== 5/5 a capacity search" >&2
+echo "== 5/6 a capacity search" >&2
 timeout 240 python -m rosebench --multirun hydra/sweeper=capacity mode=online num_requests=64 \
   max_new_tokens=128 engine.dtype=bfloat16 warmup=1 repeat=1 slo.ttft_ms=100 slo.tpot_ms=20 \
   slo.attainment=0.9 hydra.sweeper.start=16 hydra.sweeper.budget=6 tracking=off \
   "hydra.sweep.dir=$out/capacity" >"$out/capacity.log" 2>&1 || echo "gpu_check: capacity failed, see $out/capacity.log" >&2
+echo "== 6/6 the Llama family: SmolLM2-135M's shape" >&2
+LLAMA=(engine=smollm2-135m workload=random workload.input_len=128 num_requests=64 max_new_tokens=256
+  sampling.ignore_eos=true engine.dtype=bfloat16 warmup=1 repeat=2 profile.enabled=true profile.active=8 tracking=off)
+run smollm2_graphs_true "${LLAMA[@]}" engine.cuda_graphs=true
+run smollm2_graphs_false "${LLAMA[@]}" engine.cuda_graphs=false
+run smollm2_compiled "${LLAMA[@]}" engine.cuda_graphs=true engine.compile=true
 
 python - "$out" <<'EOF'
 import json, sys
@@ -74,7 +84,7 @@ header = f"{'run':<22}{'tok/s':>10}{'step p50 ms':>13}{'idle':>8}{'kern/step':>1
 print(header)
 rows = {}
 names = ("b64_graphs_true", "b64_graphs_false", "b16_graphs_true", "b16_graphs_false", "online_profiled",
-         "serve_engine", "serve_http")
+         "serve_engine", "serve_http", "smollm2_graphs_true", "smollm2_graphs_false", "smollm2_compiled")
 for name in names:
     try:
         r = json.loads((out / name / "results.json").read_text())
@@ -98,11 +108,11 @@ if engine and served:
     ratio = served["throughput_completion_tok_s"] / engine["throughput_completion_tok_s"]
     extra = served["itl_ms_p50"] - engine["itl_ms_p50"]
     print(f"target=serve / target=engine: {ratio:.2f}x completion tok/s, ITL p50 {extra:+.2f} ms")
-for batch in (64, 16):
-    on, off = rows.get(f"b{batch}_graphs_true"), rows.get(f"b{batch}_graphs_false")
+for label, prefix in (("gpt2 at batch 64", "b64"), ("gpt2 at batch 16", "b16"), ("smollm2-135m", "smollm2")):
+    on, off = rows.get(f"{prefix}_graphs_true"), rows.get(f"{prefix}_graphs_false")
     if on and off:
         ratio = on["throughput_completion_tok_s"] / off["throughput_completion_tok_s"]
-        print(f"graphs / eager at batch {batch}: {ratio:.2f}x completion tok/s")
+        print(f"graphs / eager, {label}: {ratio:.2f}x completion tok/s")
 summary = out / "online_profiled" / "profile" / "summary.json"
 if summary.is_file():
     from rosebench.profiling.summary import TraceSummary

@@ -224,6 +224,36 @@ def test_preemption_and_prefix_hits_match_an_unconstrained_run(gqa_case, static_
     assert preemptions > 0 and hits > 0 and tight == alone
 
 
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@cuda
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_cuda_graphs_and_compile_match_eager(gqa_case, dtype: str) -> None:
+    """On a GPU (benchmarks/gpu_check.sh): graph replays give the eager static step's tokens in every
+    dtype; graphs with the compiled step, and the float32 eager step, give transformers' tokens."""
+    folder, hf_model = gqa_case
+
+    def outputs(**overrides) -> list[list[int]]:
+        config = EngineConfig(
+            weights=str(folder),
+            device="cuda",
+            dtype=dtype,
+            max_num_seqs=4,
+            kv_cache=KVCacheConfig(block_size=4),
+            **overrides,
+        )
+        return [s.output_token_ids for s in run_batch(Engine(config, static_decode=True), PROMPTS)]
+
+    eager = outputs(cuda_graphs="false")
+    graphs = outputs(cuda_graphs="true")
+    assert graphs == eager
+    if dtype == "float32":
+        assert outputs(cuda_graphs="true", compile=True) == eager
+        assert eager == [hf_greedy(hf_model, p) for p in PROMPTS]
+
+
 UNIT_ROUNDOFF = {"bfloat16": 2**-8, "float16": 2**-11}
 ROUNDOFFS = 32  # test_engine_correctness's rule: logits within 32 roundoffs of the largest logit
 
