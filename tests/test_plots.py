@@ -17,6 +17,9 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.text import Text
 
+from rosebench.capacity import CapacityReport, Probe
+from rosebench.tracking.capacity_log import capacity_figure
+from rosebench.tracking.frontier import frontier_figure, latency_vs_throughput_figure
 from rosebench.tracking.plots import PLOTTED_METRICS, TRIAL, SweepPoint, metric_vs_param_figure, plot_sweep
 
 MIN_POINTS = 12  # 17 px at dpi 100; 11 px once the viewer shrinks a 1000 px figure to 680 px
@@ -163,6 +166,52 @@ def test_trial_beside_a_knob_gets_no_plots_of_its_own_and_alone_gets_them(tmp_pa
 def test_metric_figures_read_at_1000_px(points: list[SweepPoint], param: str, swept: list[str]) -> None:
     for metric in PLOTTED_METRICS:
         assert_readable(metric_vs_param_figure(points, metric, param, swept))
+
+
+def load_sweep(knob: str, series: tuple[str, ...] = ("",)) -> list[SweepPoint]:
+    return [
+        SweepPoint({knob: n, **({"max_new_tokens": s} if s else {})}, figures(float(n) + len(s)))
+        for s in series
+        for n in ("1", "4", "16", "64")
+    ]
+
+
+@pytest.mark.parametrize("series", [("",), ("8", "64", "256")], ids=["one-line", "three-lines"])
+@pytest.mark.parametrize("knob", [KNOB, "scheduler.max_concurrency"])  # the longest name: the longest titles
+def test_frontier_figures_read_at_1000_px(knob: str, series: tuple[str, ...]) -> None:
+    swept = [knob, "max_new_tokens"] if series != ("",) else [knob]
+    for build in (frontier_figure, latency_vs_throughput_figure):
+        assert_readable(build(load_sweep(knob, series), knob, swept))
+
+
+@pytest.mark.parametrize(
+    ("knob", "upper", "stop_reason"),
+    [
+        ("scheduler.request_rate", 4.0, "the budget of 12 runs is spent"),
+        (
+            "scheduler.max_concurrency",
+            None,
+            "the target is met up to hydra.sweeper.max_value=1024",
+        ),  # longest
+    ],
+)
+def test_capacity_figure_reads_at_1000_px(knob: str, upper: float | None, stop_reason: str) -> None:
+    probes = [
+        Probe(2.0, 1, 40, 40, (0.91, 1.0), "pass"),
+        Probe(8.0, 3, 100, 120, (0.76, 0.89), "fail"),
+        Probe(4.0, 3, 118, 120, (0.94, 0.99), "unsure"),
+    ]
+    report = CapacityReport(
+        knob=knob,
+        target=0.999,
+        slo={"ttft_ms": 200.0},
+        settings={},
+        probes=probes,
+        capacity=1024.0,
+        capacity_upper=upper,
+        stop_reason=stop_reason,
+    )
+    assert_readable(capacity_figure(report))
 
 
 # -- repeats are points, never a line --------------------------------------------------------------------

@@ -12,6 +12,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric
 
 from rosebench.capacity import CAPACITY_FILE, CapacityReport
+from rosebench.tracking.plots import DPI, FIGSIZE, FONT, SMALL_FONT, TITLE_FONT, legend_below, legible
 
 CAPACITY_PROBES_TABLE = "capacity_probes.json"
 _VERDICT_COLOURS = {"pass": "tab:green", "fail": "tab:red", "unsure": "tab:orange", "pending": "tab:gray"}
@@ -36,7 +37,7 @@ def log_capacity(client: MlflowClient, parent_run_id: str, sweep_dir: Path) -> C
     client.log_table(parent_run_id, data=_probe_columns(report), artifact_file=CAPACITY_PROBES_TABLE)
     with tempfile.TemporaryDirectory() as tmp:
         png = Path(tmp) / f"capacity_{report.knob}.png"
-        capacity_figure(report).savefig(png, dpi=100)
+        capacity_figure(report).savefig(png, dpi=DPI)
         client.log_artifact(parent_run_id, str(png), artifact_path="plots")
     return report
 
@@ -59,8 +60,8 @@ def _probe_columns(report: CapacityReport) -> dict[str, list[object]]:
 
 def capacity_figure(report: CapacityReport) -> Figure:
     """Each probe's pooled attainment with its interval against the knob, coloured by verdict and numbered
-    in the order it ran; the target as a line, the bracket shaded."""
-    fig = Figure(figsize=(8, 4.5), layout="constrained")
+    in the order it ran; the target as a line, the bracket shaded; the legend below the axes, off the data."""
+    fig = Figure(figsize=FIGSIZE, layout="constrained")
     ax = fig.subplots()
     for number, probe in enumerate(report.probes, start=1):
         if probe.attainment is None:
@@ -69,7 +70,13 @@ def capacity_figure(report: CapacityReport) -> Figure:
         colour = _VERDICT_COLOURS.get(probe.verdict, "tab:gray")
         errors = [[max(0.0, probe.attainment - low)], [max(0.0, high - probe.attainment)]]  # rounding
         ax.errorbar([probe.value], [probe.attainment], yerr=errors, fmt="o", color=colour, capsize=4)
-        ax.annotate(str(number), (probe.value, probe.attainment), xytext=(5, 5), textcoords="offset points")
+        ax.annotate(
+            str(number),
+            (probe.value, probe.attainment),
+            xytext=(5, 5),
+            textcoords="offset points",
+            fontsize=SMALL_FONT,
+        )
     ax.axhline(report.target, color="black", linestyle="--", linewidth=1, label=f"target {report.target:g}")
     if report.capacity is not None and report.capacity_upper is not None:
         ax.axvspan(
@@ -81,10 +88,14 @@ def capacity_figure(report: CapacityReport) -> Figure:
     for verdict, colour in _VERDICT_COLOURS.items():
         if any(p.verdict == verdict for p in report.probes):
             ax.plot([], [], "o", color=colour, label=verdict)
-    ax.set_xlabel(report.knob)
-    ax.set_ylabel("SLO attainment (pooled over trials)")
+    ax.set_xlabel(report.knob, fontsize=FONT)
+    ax.set_ylabel("SLO attainment (pooled over trials)", fontsize=FONT)
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower left", fontsize=8)
-    fig.suptitle(f"capacity: {report.bracket_text()}\nstopped: {report.stop_reason}", fontsize=9)
+    legible(ax)
+    legend_below(fig, ax)
+    ax.set_title(f"stopped: {report.stop_reason}", fontsize=SMALL_FONT)
+    fig.suptitle(
+        f"capacity: {report.bracket_text()}", fontsize=TITLE_FONT, wrap=True
+    )  # wider than the figure
     return fig

@@ -30,7 +30,16 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
-from rosebench.tracking.plots import SweepPoint
+from rosebench.tracking.plots import (
+    DPI,
+    FIGSIZE,
+    FONT,
+    SMALL_FONT,
+    TITLE_FONT,
+    SweepPoint,
+    legend_below,
+    legible,
+)
 
 # The settings that set how much traffic a run offers; a sweep over one gets the plots here.
 LOAD_KNOBS = (
@@ -256,16 +265,20 @@ def _log_if_wide(ax: Axes, values: Sequence[float]) -> None:
 
 
 def _annotate(ax: Axes, text: str, xy: tuple[float, float], color: str = "black") -> None:
-    ax.annotate(text, xy, xytext=(4, 4), textcoords="offset points", fontsize=8, color=color)
+    ax.annotate(text, xy, xytext=(4, 4), textcoords="offset points", fontsize=SMALL_FONT, color=color)
 
 
 def latency_vs_throughput_figure(points: Sequence[SweepPoint], knob: str, swept: Sequence[str]) -> Figure:
     """TTFT p99 and TPOT p99 against request throughput, a line per setting of the other swept params
-    joining its points in knob order, each point named by its knob value."""
+    joining its points in knob order, each point named by its knob value. The panels are stacked, each
+    the figure's full width, so that they read where MLflow's viewer fits the PNG to about 700-1000 px."""
     loads, _ = load_points(points, knob, swept)
     lines = _series(loads)
-    fig = Figure(figsize=(11 + (2.5 if len(lines) > 1 else 0), 4.2), layout="constrained")
-    axes = fig.subplots(1, 2, squeeze=False)[0]
+    fig = Figure(figsize=(FIGSIZE[0], 9.0), layout="constrained")
+    axes = fig.subplots(2, 1, squeeze=False)[:, 0]
+    knee_note = (
+        f"\ndashed: {KNEE_FACTOR:g} x the TTFT p99 at the lowest {knob}; circled: the knee (first above)"
+    )
     for ax, (metric, label) in zip(
         axes, ((TTFT_P99, "TTFT p99 (ms)"), (TPOT_P99, "TPOT p99 (ms)")), strict=True
     ):
@@ -291,18 +304,15 @@ def latency_vs_throughput_figure(points: Sequence[SweepPoint], knob: str, swept:
         if not drawn:
             ax.text(0.5, 0.5, f"no run has {metric}", ha="center", va="center", transform=ax.transAxes)
         _log_if_wide(ax, drawn)
-        ax.set_title(label, fontsize=10)
-        ax.set_xlabel("request throughput (req/s)")
-        ax.set_ylabel(label)
+        ax.set_title(label + (knee_note if metric == TTFT_P99 else ""), fontsize=FONT, wrap=True)
+        ax.set_xlabel("request throughput (req/s)", fontsize=FONT)
+        ax.set_ylabel(label, fontsize=FONT)
         ax.grid(alpha=0.3)
+        legible(ax)
     if len(lines) > 1:
-        handles, labels = axes[0].get_legend_handles_labels()
-        fig.legend(handles, labels, loc="outside right upper", fontsize=8)
-    fig.suptitle(
-        f"latency vs throughput over {knob}, points named by {knob}\n"
-        f"dashed: {KNEE_FACTOR:g} x the TTFT p99 at the lowest {knob}; circled: the knee (first point above)",
-        fontsize=10,
-    )
+        legend_below(fig, axes[0])
+    # wrap: a long knob name (scheduler.max_concurrency) makes these titles wider than the figure.
+    fig.suptitle(f"latency vs throughput over {knob}, points named by {knob}", fontsize=TITLE_FONT, wrap=True)
     return fig
 
 
@@ -313,7 +323,7 @@ def frontier_figure(points: Sequence[SweepPoint], knob: str, swept: Sequence[str
     loads, _ = load_points(points, knob, swept)
     placed = _with_xy(loads)
     front = sorted((placed[i] for i in pareto_front([xy for _, xy in placed])), key=lambda item: item[1])
-    fig = Figure(figsize=(7.5, 5), layout="constrained")
+    fig = Figure(figsize=FIGSIZE, layout="constrained")
     ax = fig.subplots()
     lines = _series([p for p, _ in placed])
     for number, (series, members) in enumerate(lines.items()):
@@ -332,12 +342,15 @@ def frontier_figure(points: Sequence[SweepPoint], knob: str, swept: Sequence[str
             0.5, 0.5, f"no run has both {TOTAL_TOK_S} and {TPOT_MEAN}", ha="center", transform=ax.transAxes
         )
     missing = len(loads) - len(placed)
-    ax.set_xlabel(f"total output throughput (tok/s, {TOTAL_TOK_S})")
-    ax.set_ylabel(f"tokens/s per user (1000 / {TPOT_MEAN})")
+    ax.set_xlabel(f"total output throughput (tok/s, {TOTAL_TOK_S})", fontsize=FONT)
+    ax.set_ylabel(f"tokens/s per user (1000 / {TPOT_MEAN})", fontsize=FONT)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
-    note = f"\n{missing} run(s) without both figures left out" if missing else ""
-    fig.suptitle(f"per-user vs total tokens/s over {knob}, points named by {knob}{note}", fontsize=10)
+    legible(ax)
+    legend_below(fig, ax)
+    if missing:
+        ax.set_title(f"{missing} run(s) without both figures left out", fontsize=SMALL_FONT)
+    title = f"per-user vs total tokens/s over {knob}, points named by {knob}"
+    fig.suptitle(title, fontsize=TITLE_FONT, wrap=True)  # wrap: as wide as the figure with a long knob name
     return fig
 
 
@@ -350,6 +363,6 @@ def plot_frontier(points: Sequence[SweepPoint], knob: str, swept: Sequence[str],
         ("latency_vs_throughput", latency_vs_throughput_figure),
     ):
         out = out_dir / f"{name}_{knob}.png"  # the knobs are file-safe names
-        build(points, knob, swept).savefig(out, dpi=100)
+        build(points, knob, swept).savefig(out, dpi=DPI)
         paths.append(out)
     return paths
