@@ -156,11 +156,13 @@ class _LoggedSide:
 
     def link(self) -> str:
         """Markdown naming the side: a link to its run's page when the store holds it, relative so that the
-        UI resolves it on whichever host serves it."""
+        UI resolves it on whichever host serves it, in the classic view as the runs table's link opens."""
+        from rosebench.tracking.store import RUNS_TABLE_QUERY
+
         name = re.sub(r"([\\`*_\[\]])", r"\\\1", self.name)
         if self.experiment_id is None:
             return name
-        return f"[{name}](#/experiments/{self.experiment_id}/runs/{self.run_id})"
+        return f"[{name}](#/experiments/{self.experiment_id}/runs/{self.run_id}{RUNS_TABLE_QUERY})"
 
 
 def _side_run(source: str, side: Side) -> tuple[str | None, str]:

@@ -95,8 +95,10 @@ def run_id_of(run_dir: Path) -> str:
 
 
 def link_to(client: MlflowClient, run_id: str) -> str:
-    """How a comparison's description links a run: relative, so that any host serving the UI resolves it."""
-    return f"(#/experiments/{client.get_run(run_id).info.experiment_id}/runs/{run_id})"
+    """How a comparison's description links a run: relative, so that any host serving the UI resolves it,
+    and to the classic run page (MLflow 3.17 otherwise may open its GenAI one)."""
+    experiment_id = client.get_run(run_id).info.experiment_id
+    return f"(#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning)"
 
 
 @pytest.mark.slow
