@@ -202,11 +202,11 @@ class _ComparisonStore:
 
     def save_view(self, key: str, metrics: Sequence[str]) -> None:
         """The runs table's view that the printed link opens: the verdict, then ``metrics``."""
-        from rosebench.tracking.store import save_runs_view_with_tags
+        from rosebench.tracking.store import save_runs_view
 
         # As wide as the longest verdict ("no significant change"; a capacity one is shorter).
         widths = {VERDICT_TAG: max(map(len, VERDICTS))}
-        save_runs_view_with_tags(self.client, self.experiment_id, key, widths, metrics)
+        save_runs_view(self.client, self.experiment_id, key, metrics=metrics, tags=widths)
 
     def log_run(
         self,

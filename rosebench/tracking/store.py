@@ -133,19 +133,28 @@ SWEEP_ORDER_TAG = "hydra_job_num"  # zero-padded, so that sorting it as text kee
 
 
 def runs_view_state(
-    params: Sequence[str] = (), metrics: Sequence[str] | None = None, children_of: str | None = None
+    params: Sequence[str] = (),
+    metrics: Sequence[str] | None = None,
+    children_of: str | None = None,
+    tags: Mapping[str, int] | None = None,
 ) -> str:
-    """The view's state: columns for `params` (a sweep's swept keys), then `metrics` (the headline ones
-    unless given), each as wide as its name. `children_of`: show only that parent's runs, in launch order,
-    flat (MLflow nests children under a collapsed parent only when sorted by start time)."""
+    """The view's state: columns for `tags` (each as wide as its longest value, in characters: a
+    comparison's verdict), `params` (a sweep's swept keys), then `metrics` (the headline ones unless given),
+    each at least as wide as its name. `children_of`: show only that parent's runs, in launch order, flat
+    (MLflow nests children under a collapsed parent only when sorted by start time)."""
     if metrics is None:
         metrics = [*FIRST_METRICS, *(m for m in HEADLINE_METRICS if m not in FIRST_METRICS)]
-    columns = [*(f"params.`{p}`" for p in params), *(f"metrics.`{m}`" for m in metrics)]
-    names = [*params, *metrics]
+    tags = tags or {}
+    chars = {
+        **{f"tags.`{t}`": max(len(t), longest) for t, longest in tags.items()},
+        **{f"params.`{p}`": len(p) for p in params},
+        **{f"metrics.`{m}`": len(m) for m in metrics},
+    }
+    columns = list(chars)
     state: dict[str, object] = {
         "selectedColumns": columns,
         "columnOrder": columns,
-        "columnWidths": {c: max(80, 7 * len(name) + 20) for c, name in zip(columns, names, strict=True)},
+        "columnWidths": {c: max(80, 7 * n + 20) for c, n in chars.items()},
     }
     if children_of is not None:
         state |= {
@@ -163,27 +172,10 @@ def save_runs_view(
     params: Sequence[str] = (),
     metrics: Sequence[str] | None = None,
     children_of: str | None = None,
+    tags: Mapping[str, int] | None = None,
 ) -> None:
-    state = runs_view_state(params, metrics, children_of)
+    state = runs_view_state(params, metrics, children_of, tags)
     client.set_experiment_tag(experiment_id, f"{SHARED_VIEW_TAG}{key}", state)
-
-
-def save_runs_view_with_tags(
-    client: MlflowClient,
-    experiment_id: str,
-    key: str,
-    tags: Mapping[str, int],
-    metrics: Sequence[str],
-) -> None:
-    """A saved view whose columns are `tags` (each wide enough for the characters its values take: a
-    comparison's verdict), then `metrics`."""
-    state = json.loads(runs_view_state(metrics=metrics))
-    columns = [f"tags.`{t}`" for t in tags]
-    state["selectedColumns"] = [*columns, *state["selectedColumns"]]
-    state["columnOrder"] = [*columns, *state.get("columnOrder", [])]
-    widths = {c: max(80, 7 * max(len(t), chars) + 20) for c, (t, chars) in zip(columns, tags.items())}
-    state["columnWidths"] = widths | state.get("columnWidths", {})
-    client.set_experiment_tag(experiment_id, f"{SHARED_VIEW_TAG}{key}", json.dumps(state))
 
 
 def _ui_base(uri: str) -> str:
