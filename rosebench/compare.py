@@ -22,8 +22,9 @@ For two capacity searches, --fail-if-worse PCT fails when the whole capacity rat
 below 1 - PCT/100, and refuses to judge an interval with no upper bound (a baseline that held nothing, or a
 candidate that held every value it probed): no candidate could fail it.
 
---log records the comparison as an MLflow run in --experiment, named "<candidate> vs <baseline>" after the
-two sides' MLflow runs (a run folder's run name, or the folder's name, when the store does not hold it):
+--log records the comparison as an MLflow run in --experiment, named
+"<what differs>: <candidate> vs <baseline>" after the config keys that differ (else the commits) and the two
+sides' MLflow runs (a run folder's run name, or the folder's name, when the store does not hold it):
 each headline metric's ratio and interval rounded as a run's figures are, its verdict as a tag
 (``verdict/<metric>``), and --metric's verdict as ``verdict``; the printed link opens a view of that verdict,
 --metric's ratio and interval, then the other ratios. A sweep is a parent run with a child run per matched
@@ -293,6 +294,18 @@ def _geometric_means(comparisons: Sequence[Comparison]) -> dict[str, float]:
     return {k: geometric_mean(v) for k, v in ratios.items()}
 
 
+def _what_differs(c: Comparison) -> str:
+    """What tells the two sides apart, candidate first (``engine.attention=naive vs slot``; else their
+    commits), to lead the comparison's name: MLflow's name column shows about 18 characters, and the two
+    runs' own names share their start."""
+    if c.config_differences:
+        return ", ".join(f"{k}={cand} vs {base}" for k, (base, cand) in c.config_differences.items())
+    base_commit, cand_commit = c.environment_differences.get("git_commit", (None, None))
+    if base_commit and cand_commit:
+        return f"git {str(cand_commit)[:7]} vs {str(base_commit)[:7]}"
+    return ""
+
+
 def _log_comparison(
     comparisons: list[Comparison],
     reports: dict[str, str],
@@ -301,7 +314,7 @@ def _log_comparison(
     uri: str | None,
     experiment: str,
 ) -> str:
-    """The comparison as an MLflow run named "<candidate> vs <baseline>" after their runs: per headline
+    """The comparison as an MLflow run named "<what differs>: <candidate> vs <baseline>": per headline
     metric its ratio and interval (``ratio/<metric>``, ``ci_low/``, ``ci_high/``) and verdict
     (``verdict/<metric>``), ``metric`` (the one --fail-if-worse judges) as its headline: the ``verdict``
     tag and the first columns of the view the printed link opens. A sweep is a parent run (its points'
@@ -320,7 +333,8 @@ def _log_comparison(
         "candidate_run_id": cand.run_id,
         "headline_metric": metric,
     }
-    name = f"{cand.name} vs {base.name}"
+    lead = _what_differs(comparisons[0])
+    name = f"{lead}: {cand.name} vs {base.name}" if lead else f"{cand.name} vs {base.name}"
     if not isinstance(base_side, dict):
         [c] = comparisons
         verdicts = {m.metric: m.verdict for m in c.metrics}

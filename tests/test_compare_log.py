@@ -111,7 +111,8 @@ def test_a_run_comparison_is_named_judged_rounded_and_linked_both_ways(logged: P
     assert_ok(proc)
     [run] = comparison_runs(client, "runs")
     assert run.info.run_id in proc.stdout.splitlines()[-1]
-    assert run.info.run_name == f"{names['b']} vs {names['a']}"  # the MLflow runs' names, not a and b
+    # What differs first (the name column shows about 18 characters), then the MLflow runs' names, not a and b
+    assert run.info.run_name == f"engine.attention=naive vs slot: {names['b']} vs {names['a']}"
     [c] = json.loads((logged / "first.json").read_text())["comparisons"]
     assert run.data.metrics == ratio_metrics(c)  # rounded to 4 significant digits
     tags = run.data.tags
@@ -163,7 +164,7 @@ def test_a_sweep_comparison_is_a_parent_with_a_run_per_point(logged: Path) -> No
     runs = comparison_runs(client, "sweeps")
     [parent] = [r for r in runs if MLFLOW_PARENT_RUN_ID not in r.data.tags]
     assert parent.info.run_id in proc.stdout.splitlines()[-1]
-    assert parent.info.run_name == f"{names['sb']} vs {names['sa']}"
+    assert parent.info.run_name == f"engine.attention=naive vs slot: {names['sb']} vs {names['sa']}"
     assert (parent.data.tags["baseline_run_id"], parent.data.tags["candidate_run_id"]) == (
         parents["sa"],
         parents["sb"],
@@ -206,7 +207,7 @@ def test_sides_the_store_does_not_hold_are_named_from_their_folders_and_left_alo
     assert_ok(proc)
     [run] = comparison_runs(other_client, "rosebench-compare")
     names = {side: json.loads((logged / side / "results.json").read_text())["run"]["name"] for side in ids}
-    assert run.info.run_name == f"{names['b']} vs {names['a']}"
+    assert run.info.run_name == f"engine.attention=naive vs slot: {names['b']} vs {names['a']}"
     assert run.data.tags["baseline_run_id"] == ids["a"]  # where it was logged, for whoever has that store
     assert "#/experiments/" not in run.data.tags[MLFLOW_RUN_NOTE]
     assert {run_id: client.get_run(run_id).data.tags.get(COMPARED_IN) for run_id in ids.values()} == before
@@ -216,7 +217,7 @@ def test_sides_the_store_does_not_hold_are_named_from_their_folders_and_left_alo
     proc = compare(tmp_path, "trials_a", "trials_b", "--allow", "engine.attention", "--log", "--uri", other)
     assert_ok(proc)
     newest = comparison_runs(other_client, "rosebench-compare")[-1]
-    assert newest.info.run_name == "trials_b vs trials_a", describe(proc)
+    assert newest.info.run_name == "engine.attention=naive vs slot: trials_b vs trials_a", describe(proc)
     assert "baseline_run_id" not in newest.data.tags
 
 
@@ -258,3 +259,19 @@ def test_a_sweeps_verdict_on_a_metric_counts_its_points_worst_first() -> None:
     assert overall_verdict(["worse", "worse"]) == "worse"
     mixed = ["no significant change", "better", "worse", "not enough samples", "worse"]
     assert overall_verdict(mixed) == "2 worse, 1 better, 1 no significant change, 1 not enough samples"
+
+
+def test_a_comparison_of_one_config_at_two_commits_leads_with_the_commits() -> None:
+    """The usual case, the same config before and after a change: the commits tell the sides apart."""
+    from rosebench.compare import _what_differs
+    from rosebench.comparison import Comparison
+
+    def comparison(config: dict, environment: dict) -> Comparison:
+        return Comparison("a", "b", None, None, config, environment, [])
+
+    commits = {"git_commit": ("0afe6199a578", "b42ba3a0c1d2"), "torch": ("2.14", "2.14.1")}
+    assert _what_differs(comparison({}, commits)) == "git b42ba3a vs 0afe619"
+    assert _what_differs(comparison({"engine.dtype": ("float32", "bfloat16")}, commits)) == (
+        "engine.dtype=bfloat16 vs float32"
+    )
+    assert _what_differs(comparison({}, {"torch": ("2.14", "2.14.1")})) == ""
