@@ -6,7 +6,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +95,12 @@ def assert_ok(proc: subprocess.CompletedProcess[str]) -> None:
 
 def read_results(run_dir: Path) -> dict[str, Any]:
     return json.loads((run_dir / "results.json").read_text())
+
+
+def logged_figures(metrics: Mapping[str, float]) -> set[str]:
+    """A run's MLflow metric names but MLflow's system metrics, which it samples every second while the run
+    is RUNNING: a run shorter than that has none, a longer one some."""
+    return {name for name in metrics if not name.startswith("system/")}
 
 
 def read_outputs(run_dir: Path) -> list[dict[str, Any]]:

@@ -19,7 +19,17 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from cli_helpers import FAST, act_at_line, assert_ok, describe, read_outputs, read_results, run_cli, start_cli
+from cli_helpers import (
+    FAST,
+    act_at_line,
+    assert_ok,
+    describe,
+    logged_figures,
+    read_outputs,
+    read_results,
+    run_cli,
+    start_cli,
+)
 from guidellm_mock import MockServer, free_port, mock_server
 from mlflow import MlflowClient
 from serve_helpers import start_server
@@ -117,7 +127,9 @@ def test_http_target_is_one_mlflow_run_with_an_engine_runs_metric_names(
     assert runs.keys() == {"engine", "http"}
     # MLflow's metrics are the headline figures: the same names, but the server's memory, which is not
     # visible over HTTP (the client's own would mislead).
-    assert set(runs["http"].data.metrics) == set(runs["engine"].data.metrics) - {"peak_rss_mb"}
+    assert logged_figures(runs["http"].data.metrics) == logged_figures(runs["engine"].data.metrics) - {
+        "peak_rss_mb"
+    }
     assert runs["http"].data.params["target.kind"] == "http"
     assert runs["http"].data.params["target.api_key"] == "***"
     logged = json.dumps([runs["http"].data.params, runs["http"].data.tags, runs["http"].info.run_name])
@@ -242,8 +254,9 @@ def test_serve_target_gives_the_engines_tokens_in_one_mlflow_run(tmp_path: Path)
     runs = mlflow_runs(db)
     assert runs.keys() == {"engine", "serve"}
     # The same figures, and the served run's trace headline: it was the profiled one.
-    served_metrics = set(runs["serve"].data.metrics)
-    assert {m for m in served_metrics if not m.startswith("profile/")} == set(runs["engine"].data.metrics)
+    served_metrics = logged_figures(runs["serve"].data.metrics)
+    engine_metrics = logged_figures(runs["engine"].data.metrics)
+    assert {m for m in served_metrics if not m.startswith("profile/")} == engine_metrics
     assert "profile/cpu_ops_per_decode_step" in served_metrics
     client = MlflowClient(f"sqlite:///{db}")
     artifacts = {a.path for a in client.list_artifacts(runs["serve"].info.run_id)}

@@ -17,7 +17,7 @@ class TrackingSettings:
     enabled: bool = True
     uri: str | None = None  # None = $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the launch folder
     experiment: str = "rosebench"
-    system_metrics: bool = False  # CPU/memory (and GPU via pynvml) every second
+    system_metrics: bool = True  # CPU, memory, disk, network (and GPU via nvidia-ml-py) every second
     artifacts: bool = True  # results.json, outputs.jsonl, .hydra/, profile/
 
 

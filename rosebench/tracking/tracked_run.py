@@ -87,6 +87,8 @@ class TrackedRun:
         mlflow.set_tracking_uri(uri)
         if self.settings.system_metrics:
             mlflow.set_system_metrics_sampling_interval(1)  # the 10 s default records nothing for short runs
+            # Its start and stop are INFO lines on every run's console; its failures stay WARNING.
+            logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
         run = mlflow.start_run(
             experiment_id=experiment_id,
             run_name=self.run_name,
