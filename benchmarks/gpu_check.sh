@@ -8,7 +8,8 @@
 # 2. 64 requests x 512 new tokens, greedy, ignore_eos, bf16, with CUDA graphs on and off: at batch 64 and
 #    at batch 16, each run with a profiled pass (completion tok/s, decode step p50, device idle fraction).
 # 3. The README's `python -m rosebench mode=online profile.enabled=true`, with its trace summary, the
-#    kineto lines left on its stderr (none expected) and its contention figure.
+#    kineto lines left on its stderr (none expected) and its contention figure; tracked in $out/mlflow.db,
+#    whose system metrics must hold the GPU's (system/gpu_0_utilization_percentage, via nvidia-ml-py).
 # 4. The same engine over HTTP on the GPU (target=serve: rosebench.serve builds its engine and its CUDA
 #    graphs on the engine loop's thread), profiled through /start_profile, beside target=engine; skipped
 #    with a line when fastapi/uvicorn/aiohttp/prometheus-client are missing (carry their wheels too).
@@ -17,7 +18,7 @@
 # 6. The Llama family (issue 25): its CUDA tests (tests/test_llama_parity.py -m cuda: graphs and compile vs
 #    eager and transformers, grouped-query attention) ran in step 1; here SmolLM2-135M's shape
 #    (engine=smollm2-135m, random weights, token-id workload) with CUDA graphs on and off, and compiled.
-# Then one table. Runs use tracking=off (MLflow is not needed); their folders stay under $OUT (or a
+# Then one table. Runs but step 3's use tracking=off; their folders stay under $OUT (or a
 # temporary folder), named in the table. A machine without hydra-core/omegaconf can install them from
 # wheels first: pip install --no-deps -e . && pip install --no-index --find-links WHEELS hydra-core.
 set -uo pipefail
@@ -49,7 +50,7 @@ for batch in 64 16; do
   done
 done
 echo "== 3/6 the README's profiled online run" >&2
-run online_profiled mode=online profile.enabled=true tracking=off
+run online_profiled mode=online profile.enabled=true "tracking.uri=sqlite:///$out/mlflow.db"
 echo "== 4/6 the engine over HTTP" >&2
 if python -c "import fastapi, uvicorn, aiohttp, prometheus_client" 2>/dev/null; then
   SERVE=(mode=online num_requests=64 max_new_tokens=256 sampling.ignore_eos=true engine.dtype=bfloat16
@@ -113,6 +114,13 @@ for label, prefix in (("gpt2 at batch 64", "b64"), ("gpt2 at batch 16", "b16"), 
     if on and off:
         ratio = on["throughput_completion_tok_s"] / off["throughput_completion_tok_s"]
         print(f"graphs / eager, {label}: {ratio:.2f}x completion tok/s")
+tracked = out / "online_profiled" / "tracking.json"
+if tracked.is_file():
+    from mlflow import MlflowClient
+
+    run_id = json.loads(tracked.read_text())["run_id"]
+    samples = MlflowClient(f"sqlite:///{out}/mlflow.db").get_metric_history(run_id, "system/gpu_0_utilization_percentage")
+    print(f"system metrics of online_profiled: {len(samples)} samples of GPU 0 utilization (0: no nvidia-ml-py?)")
 summary = out / "online_profiled" / "profile" / "summary.json"
 if summary.is_file():
     from rosebench.profiling.summary import TraceSummary
