@@ -65,36 +65,22 @@ class Runs:
 def scenarios(
     quick: bool, with_hf: bool, with_hf_long: bool, with_bf16: bool, with_compile: bool, device: str
 ) -> list[Scenario]:
-    a = Scenario(
-        "a",
-        16,
-        32,
-        128,
-        [("default", "HF generate", 1.4, "tok/s")],
-        with_hf=with_hf,
-        with_bf16=with_bf16,
-        with_compile=with_compile,
-    )
+    def generate_vs_hf(name: str, **options: bool | str) -> Scenario:
+        # Scenarios a (GPT-2) and s (SmolLM2-135M's shape): the same sizes and target against HF generate.
+        return Scenario(name, 16, 32, 128, [("default", "HF generate", 1.4, "tok/s")], **options)
+
+    a = generate_vs_hf("a", with_hf=with_hf, with_bf16=with_bf16, with_compile=with_compile)
     if with_compile:
         a.targets.append(("default compiled", "default", 1.15, "decode tok/s"))  # issue 11
     if with_bf16 and device == "cpu" and "amx_bf16" in bf16_matrix_units():
         a.targets.append(("default bf16", "default", 2.0, "decode tok/s"))  # issue 11: on CPUs with AMX
     # Issue 2's 5x is on decode throughput; the whole generation here is dominated by 64 x 448 prefills.
     b = Scenario("b", 64, 448, 64, [("default", "naive", 5.0, "decode tok/s")], with_hf=with_hf_long)
-    smollm2 = Scenario(
-        "s",
-        16,
-        32,
-        128,
-        [("default", "HF generate", 1.4, "tok/s")],
-        with_hf=True,
-        family="llama",
-        with_naive=False,
-    )
+    smollm2 = generate_vs_hf("s", with_hf=True, family="llama", with_naive=False)
     if quick:
-        a.batch, a.prompt_len, a.new_tokens = 4, 8, 8
+        for short in (a, smollm2):
+            short.batch, short.prompt_len, short.new_tokens = 4, 8, 8
         b.batch, b.prompt_len, b.new_tokens = 8, 48, 16
-        smollm2.batch, smollm2.prompt_len, smollm2.new_tokens = 4, 8, 8
     return [a, b, smollm2]
 
 

@@ -12,49 +12,23 @@ import torch
 from safetensors.torch import save_file
 
 from rosebench.engine import Engine, EngineConfig, KVCacheConfig, SamplingParams, Sequence, WeightsError
-from rosebench.engine.config import MODEL_PRESETS
+from rosebench.engine.config import MODEL_PRESETS, ModelConfig
 from rosebench.engine.engine import resolve_device
+from rosebench.engine.models import gpt2
 from rosebench.engine.weights import build_model, model_config
 
 PROMPT = [15496, 11, 616, 1438, 318, 257]
 NEW_TOKENS = 8
 
-# HF GPT2LMHeadModel name -> rosetrainer name; Conv1D weights are [in, out], nn.Linear's are [out, in].
-_LAYER_MAP = {
-    "ln_1.weight": "ln_1.weight",
-    "ln_1.bias": "ln_1.bias",
-    "attn.c_attn.weight": "attn.qkv_proj.weight",
-    "attn.c_attn.bias": "attn.qkv_proj.bias",
-    "attn.c_proj.weight": "attn.out_proj.weight",
-    "attn.c_proj.bias": "attn.out_proj.bias",
-    "ln_2.weight": "ln_2.weight",
-    "ln_2.bias": "ln_2.bias",
-    "mlp.c_fc.weight": "mlp.fc1.weight",
-    "mlp.c_fc.bias": "mlp.fc1.bias",
-    "mlp.c_proj.weight": "mlp.fc2.weight",
-    "mlp.c_proj.bias": "mlp.fc2.bias",
-}
-_TOP_MAP = {
-    "wte.weight": "token_embedding.weight",
-    "wpe.weight": "position_embedding.weight",
-    "ln_f.weight": "ln_f.weight",
-    "ln_f.bias": "ln_f.bias",
-}
-_CONV1D = {"attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight"}
-
 
 def to_rosetrainer(hf_model) -> dict[str, torch.Tensor]:
-    ours = {}
-    for key, tensor in hf_model.state_dict().items():
-        name = key.removeprefix("transformer.")
-        if name == "lm_head.weight" or name.split(".", 2)[-1] in ("attn.bias", "attn.masked_bias"):
-            continue  # tied head; causal-mask buffers of older transformers
-        if name in _TOP_MAP:
-            ours[_TOP_MAP[name]] = tensor.clone()
-            continue
-        _, layer, rest = name.split(".", 2)
-        ours[f"blocks.{layer}.{_LAYER_MAP[rest]}"] = (tensor.t() if rest in _CONV1D else tensor).clone()
-    return ours
+    """An HF GPT-2's weights under rosetrainer's names: the renaming the HF folder loader does (checked
+    against transformers' outputs by the folder tests), cloned so that a test may alter them."""
+    c = hf_model.config
+    shape = ModelConfig(vocab_size=c.vocab_size, n_positions=c.n_positions, n_embd=c.n_embd,
+                        n_layer=c.n_layer, n_head=c.n_head)  # fmt: skip
+    state = gpt2.hf_state(hf_model.state_dict(), shape, Path("hf_tiny"))
+    return {key: tensor.clone() for key, tensor in state.items()}
 
 
 def rosetrainer_config(hf_model) -> dict:

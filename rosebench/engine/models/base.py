@@ -8,6 +8,7 @@ that module (``hf_config``, ``hf_state``).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Protocol
 
 import torch
@@ -18,6 +19,24 @@ from rosebench.engine.config import ModelConfig
 
 class WeightsError(ValueError):
     """Weights cannot be loaded: the message names the file and the key, in one line."""
+
+
+def check_state(state: dict[str, torch.Tensor], expected: dict[str, tuple[int, ...]], source: Path) -> None:
+    """Every key of ``state`` is one of ``expected``'s with its shape, and none is missing: else a
+    ``WeightsError`` naming the first wrong key (a checkpoint's names, or a family's own before renaming)."""
+    for key, tensor in state.items():
+        if key not in expected:
+            raise WeightsError(f"{source}: unknown key {key!r}")
+        if tuple(tensor.shape) != expected[key]:
+            raise WeightsError(
+                f"{source}: key {key!r} has shape {tuple(tensor.shape)}, the model expects {expected[key]}"
+            )
+    missing = sorted(set(expected) - set(state))
+    if missing:
+        raise WeightsError(
+            f"{source}: missing key {missing[0]!r}"
+            + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")
+        )
 
 
 class KVAttention(Protocol):

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rosebench.engine.config import ModelConfig, RopeScaling
-from rosebench.engine.models.base import KVAttention, WeightsError, tied_or_own_head
+from rosebench.engine.models.base import KVAttention, WeightsError, check_state, tied_or_own_head
 
 
 def rope_tables(cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
@@ -299,20 +299,7 @@ def hf_state(state: dict[str, torch.Tensor], cfg: ModelConfig, source: Path) -> 
                 f"{source}: key 'lm_head.weight' differs from 'model.embed_tokens.weight' "
                 "while config.json says tie_word_embeddings=true"
             )
-    expected = _hf_shapes(cfg)
-    for key, tensor in state.items():
-        if key not in expected:
-            raise WeightsError(f"{source}: unknown key {key!r}")
-        if tuple(tensor.shape) != expected[key]:
-            raise WeightsError(
-                f"{source}: key {key!r} has shape {tuple(tensor.shape)}, the model expects {expected[key]}"
-            )
-    missing = sorted(set(expected) - set(state))
-    if missing:
-        raise WeightsError(
-            f"{source}: missing key {missing[0]!r}"
-            + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")
-        )
+    check_state(state, _hf_shapes(cfg), source)
     ours = {
         "token_embedding.weight": state["model.embed_tokens.weight"],
         "norm.weight": state["model.norm.weight"],
