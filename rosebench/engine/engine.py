@@ -144,6 +144,8 @@ class Engine:
             max_model_len=max_model_len,
             kv_cache=replace(config.kv_cache, num_blocks=num_blocks),
         )
+        if config.kv_cache.memory_fraction is None:  # else _num_slots sized the cache to fit already
+            self._check_kv_memory(num_slots, max_model_len, static_decode, config.max_model_len)
         self.cache = SlotKVCache(
             self.model_config,
             num_slots,
@@ -382,16 +384,37 @@ class Engine:
     def _seed(self, seq: Sequence) -> int:
         return seq.params.seed if seq.params.seed is not None else request_seed(self.config.seed, seq.seq_id)
 
+    def _free_bytes(self) -> int:
+        if self.device.type == "cuda":
+            return torch.cuda.mem_get_info(self.device)[0]
+        return psutil.virtual_memory().available
+
+    def _check_kv_memory(self, slots: int, positions: int, scratch: bool, asked_len: int | None) -> None:
+        """A KV cache the device cannot hold is refused in one line that names the keys that shrink it,
+        rather than an allocator's error or a machine swapping. Given weights default max_model_len to the
+        model's whole context, which for a long-context model (SmolLM2: 8192) is a large cache per slot."""
+        per_token = SlotKVCache.bytes_per_token(self.model_config, self.dtype)
+        needed = per_token * (slots + int(scratch)) * (positions + int(scratch))  # SlotKVCache's shape
+        free = self._free_bytes()
+        if needed <= free:
+            return
+        length = f"engine.max_model_len={positions}" + (
+            "" if asked_len is not None else " (the model's whole context, as none was set)"
+        )
+        raise ValueError(
+            f"the KV cache of engine.max_num_seqs={slots} slots x {length} needs {needed / 2**30:.1f} "
+            f"GiB, more than the {free / 2**30:.1f} GiB free on {self.device}: set engine.max_model_len to "
+            "the longest prompt + max_new_tokens to serve, lower engine.max_num_seqs, or set "
+            "engine.kv_cache.memory_fraction"
+        )
+
     def _num_slots(
         self, config: EngineConfig, max_model_len: int, blocks_per_slot: int, scratch_slot: bool
     ) -> int:
         fraction = config.kv_cache.memory_fraction
         if fraction is None:
             return config.max_num_seqs
-        if self.device.type == "cuda":
-            free_bytes = torch.cuda.mem_get_info(self.device)[0]
-        else:
-            free_bytes = psutil.virtual_memory().available
+        free_bytes = self._free_bytes()
         per_slot = (
             SlotKVCache.bytes_per_token(self.model_config, self.dtype) * blocks_per_slot * self.block_size
         )
