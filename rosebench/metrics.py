@@ -126,10 +126,11 @@ def _latencies_ms(r: RequestRecord) -> tuple[float, float | None, float]:
 
 
 def request_rows(
-    result: PassResult, detokenize: Callable[[list[int]], str], slo: SloConfig | None = None
+    result: PassResult, detokenize: Callable[[list[int]], str | None], slo: SloConfig | None = None
 ) -> list[dict[str, Any]]:
     """One JSON-ready row per request (for outputs.jsonl); latencies in ms, ``None`` where not reached;
-    under an SLO with a bound, whether the request met it (``slo_met``, what goodput counts)."""
+    ``text`` is ``None`` for a model without a tokenizer; under an SLO with a bound, whether the request
+    met it (``slo_met``, what goodput counts)."""
     rows = []
     for r in result.records:
         first, finish = r.first_token_s, r.finish_s

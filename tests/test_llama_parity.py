@@ -62,13 +62,12 @@ def save_hf_model(model_type: str, overrides: dict, folder: Path):
     config_class, model_class = hf_classes(model_type)
     torch.manual_seed(1234)
     config = config_class(
-        vocab_size=VOCAB,
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=2,
         num_attention_heads=4,
         max_position_embeddings=128,
-        **overrides,
+        **({"vocab_size": VOCAB} | overrides),  # a folder with a tokenizer matches its vocabulary
     )
     model = model_class(config).eval()
     with torch.no_grad():

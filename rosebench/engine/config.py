@@ -85,6 +85,8 @@ class ModelConfig:
 
 # The Llama family's presets use its defaults: no biases, RMSNorm eps 1e-5 (SmolLM2's), theta 10000.
 _LLAMA = {"architecture": "llama", "qkv_bias": False, "out_bias": False, "mlp_bias": False}
+# SmolLM2's vocabulary and EOS (HuggingFaceTB/SmolLM2-135M config.json), which both Llama presets keep.
+_SMOLLM2 = {**_LLAMA, "vocab_size": 49152, "eos_token_ids": (0,)}
 
 MODEL_PRESETS: dict[str, ModelConfig] = {
     "gpt2": ModelConfig(),
@@ -94,8 +96,7 @@ MODEL_PRESETS: dict[str, ModelConfig] = {
     "tiny": ModelConfig(n_positions=256, n_embd=64, n_layer=2, n_head=4),
     # SmolLM2-135M's shape (HuggingFaceTB/SmolLM2-135M config.json): 3 query heads share each K/V head.
     "smollm2-135m": ModelConfig(
-        **_LLAMA,
-        vocab_size=49152,
+        **_SMOLLM2,
         n_positions=8192,
         n_embd=576,
         n_layer=30,
@@ -103,19 +104,16 @@ MODEL_PRESETS: dict[str, ModelConfig] = {
         n_kv_head=3,
         intermediate_size=1536,
         rope_theta=100000.0,
-        eos_token_ids=(0,),
     ),
     # SmolLM2's vocabulary and EOS with a 2-layer, 64-wide body (2 query heads per K/V head): for tests.
     "llama-tiny": ModelConfig(
-        **_LLAMA,
-        vocab_size=49152,
+        **_SMOLLM2,
         n_positions=256,
         n_embd=64,
         n_layer=2,
         n_head=4,
         n_kv_head=2,
         intermediate_size=128,
-        eos_token_ids=(0,),
     ),
 }
 
@@ -187,3 +185,8 @@ class EngineConfig:
         _at_least_one("engine.num_threads", self.num_threads)
         if not 0 <= self.seed < 2**32:
             raise ValueError(f"engine.seed={self.seed}: must be in [0, 2**32)")
+
+
+def model_source(engine: EngineConfig) -> str:
+    """How messages name the run's model: ``engine.model=gpt2``, or ``engine.weights=PATH`` when given."""
+    return f"engine.model={engine.model}" if engine.weights is None else f"engine.weights={engine.weights}"

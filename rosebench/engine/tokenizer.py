@@ -145,7 +145,10 @@ def _config_eos(config_file: Path) -> str | None:
     return eos.get("content") if isinstance(eos, dict) else eos if isinstance(eos, str) else None
 
 
-def model_tokenizer(model: ModelConfig, weights: str | None, source: str) -> object:
+Tokenizer = tiktoken.Encoding | HFTokenizer | NoTokenizer
+
+
+def model_tokenizer(model: ModelConfig, weights: str | None, source: str) -> Tokenizer:
     """The run's tokenizer: GPT-2's for a GPT-2 (tiktoken), a Hugging Face folder's ``tokenizer.json`` for
     another family, else ``NoTokenizer`` (token ids only)."""
     if model.architecture == "gpt2":
@@ -166,7 +169,7 @@ class StreamDetokenizer:
     and comes out as ``unknown_token_text(id)``: the same text ``detokenize`` gives.
     """
 
-    def __init__(self, enc: tiktoken.Encoding) -> None:
+    def __init__(self, enc: tiktoken.Encoding | HFTokenizer) -> None:
         self._enc = enc
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
@@ -183,9 +186,10 @@ class StreamDetokenizer:
         return self._decoder.decode(b"", final=True)
 
 
-def detokenize(enc: tiktoken.Encoding, token_ids: list[int]) -> str:
+def detokenize(enc: Tokenizer, token_ids: list[int]) -> str | None:
     """``enc.decode(token_ids)``, except that an id the tokenizer does not know becomes
-    ``unknown_token_text(id)`` instead of raising: a model's output is always written."""
+    ``unknown_token_text(id)`` instead of raising: a model's output is always written. ``None`` for a
+    model without a tokenizer (``NoTokenizer``): it has no text, and none is made up."""
     try:
         return enc.decode(token_ids)
     except (KeyError, OverflowError):
@@ -193,7 +197,7 @@ def detokenize(enc: tiktoken.Encoding, token_ids: list[int]) -> str:
         return "".join(stream.push(t) for t in token_ids) + stream.flush()
 
 
-def vocabulary_note(enc: tiktoken.Encoding, model_vocab_size: int, source: str) -> str | None:
+def vocabulary_note(enc: Tokenizer, model_vocab_size: int, source: str) -> str | None:
     """One line for the start of a run whose model's vocabulary differs from the tokenizer's (``None`` when
     they agree, or there is no tokenizer): what its extra ids look like in the outputs, or that it can never
     stop at end of text."""

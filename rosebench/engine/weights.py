@@ -12,11 +12,12 @@ from pathlib import Path
 
 import torch
 
-from rosebench.engine.config import MODEL_PRESETS, ModelConfig
+from rosebench.engine.config import MODEL_PRESETS, EngineConfig, ModelConfig, model_source
 from rosebench.engine.models import HF_FAMILIES, create_model
-from rosebench.engine.models.base import CausalLM, WeightsError
+from rosebench.engine.models.base import CausalLM, WeightsError, check_state
+from rosebench.engine.tokenizer import Tokenizer, model_tokenizer
 
-__all__ = ["WeightsError", "build_model", "model_config"]
+__all__ = ["WeightsError", "build_model", "model_and_tokenizer", "model_config"]
 
 # Aliases accepted in a rosetrainer checkpoint's "config".
 _CONFIG_ALIASES = {
@@ -49,6 +50,15 @@ def model_config(preset: str, weights: str | None) -> ModelConfig:
     if path.is_dir():
         return _hf_config(path / "config.json")
     return _checkpoint_config(path, _read_checkpoint(path, mmap=zipfile.is_zipfile(path)))
+
+
+def model_and_tokenizer(engine: EngineConfig) -> tuple[ModelConfig, Tokenizer]:
+    """The model's shape (read without its weights) and the tokenizer its prompts and outputs go through:
+    the one choice the runner, ``rosebench.serve`` and ``target=serve`` share, so that a server never
+    decodes with another vocabulary than the run in-process. Generation stops at the model's own EOS ids
+    (``ModelConfig.eos_token_ids``, the engine's default), never the tokenizer's."""
+    shape = model_config(engine.model, engine.weights)
+    return shape, model_tokenizer(shape, engine.weights, model_source(engine))
 
 
 def _weights_path(weights: str) -> Path:
@@ -213,20 +223,6 @@ def _one_line(error: BaseException) -> str:
 
 
 def _load_state(model: CausalLM, state: dict[str, torch.Tensor], source: Path) -> CausalLM:
-    expected = model.state_dict()
-    for key, tensor in state.items():
-        if key not in expected:
-            raise WeightsError(f"{source}: unknown key {key!r}")
-        if tuple(tensor.shape) != tuple(expected[key].shape):
-            raise WeightsError(
-                f"{source}: key {key!r} has shape {tuple(tensor.shape)}, "
-                f"the model expects {tuple(expected[key].shape)}"
-            )
-    missing = sorted(set(expected) - set(state))
-    if missing:
-        raise WeightsError(
-            f"{source}: missing key {missing[0]!r}"
-            + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")
-        )
+    check_state(state, {k: tuple(v.shape) for k, v in model.state_dict().items()}, source)
     model.load_state_dict({k: v.float() for k, v in state.items()})
     return model

@@ -20,11 +20,11 @@ from tqdm import tqdm
 
 from rosebench import metrics
 from rosebench.config import ConfigError, RunConfig
-from rosebench.engine.config import MODEL_PRESETS, EngineConfig, ModelConfig
+from rosebench.engine.config import MODEL_PRESETS, EngineConfig, ModelConfig, model_source
 from rosebench.engine.cpu_linear import bf16_matrix_units
 from rosebench.engine.engine import Engine, NonFiniteLogitsError
-from rosebench.engine.tokenizer import detokenize, model_tokenizer, vocabulary_note
-from rosebench.engine.weights import model_config
+from rosebench.engine.tokenizer import Tokenizer, detokenize, vocabulary_note
+from rosebench.engine.weights import model_and_tokenizer
 from rosebench.profiling.session import ProfileResult, ProfileSession
 from rosebench.runner.conditions import ConditionsProbe
 from rosebench.runner.environment import environment
@@ -44,7 +44,7 @@ class RunSetup(Protocol):
 
     config: RunConfig  # resolved, as recorded in results.json
     requests: list[Request]
-    detokenize: Callable[[list[int]], str]
+    detokenize: Callable[[list[int]], str | None]  # None: a model without a tokenizer
 
     def model(self) -> dict[str, Any]: ...
     def environment(self) -> dict[str, Any]: ...
@@ -101,16 +101,12 @@ class Outcome:
 def prepare(config: RunConfig) -> Setup:
     """Everything that can reject the run's config, before any timing starts."""
     torch.manual_seed(config.seed)
-    weights = config.engine.weights
     source = model_source(config.engine)
     try:
         # The model (read without its weights) picks the tokenizer, and its vocabulary bounds the prompt
         # ids: random ones are drawn within it, given ones are checked against it, before the engine is built.
-        shape = model_config(config.engine.model, weights)
-        tokenizer = model_tokenizer(shape, weights, source)
-        draw_below = None if shape.architecture == "gpt2" else tokenizer.n_ordinary
-        vocab = Vocabulary(shape.vocab_size, source, draw_below)
-        requests = run_workload(config, tokenizer, vocab)
+        shape, tokenizer = model_and_tokenizer(config.engine)
+        requests = run_workload(config, tokenizer, model_vocabulary(shape, tokenizer, source))
         engine = Engine(sized_for_workload(config.engine, requests))  # stops at the model's own EOS ids
         SCHEDULERS[config.mode](engine, config.scheduler).validate(requests)
         if (
@@ -156,9 +152,11 @@ def model_record(engine: EngineConfig, shape: ModelConfig, parameters: int) -> d
     }
 
 
-def model_source(engine: EngineConfig) -> str:
-    """How messages name the run's model: ``engine.model=gpt2``, or ``engine.weights=PATH`` when given."""
-    return f"engine.model={engine.model}" if engine.weights is None else f"engine.weights={engine.weights}"
+def model_vocabulary(shape: ModelConfig, tokenizer: Tokenizer, source: str) -> Vocabulary:
+    """The ids a workload may use: the model's vocabulary, random ones drawn below the tokenizer's ordinary
+    tokens (GPT-2's: below <|endoftext|>), as in-process and target=serve both draw them."""
+    draw_below = None if shape.architecture == "gpt2" else tokenizer.n_ordinary
+    return Vocabulary(shape.vocab_size, source, draw_below)
 
 
 def sized_for_workload(engine: EngineConfig, requests: list[Request]) -> EngineConfig:
@@ -170,7 +168,7 @@ def sized_for_workload(engine: EngineConfig, requests: list[Request]) -> EngineC
     return replace(engine, max_model_len=min(longest, MODEL_PRESETS[engine.model].n_positions))
 
 
-def run_workload(config: RunConfig, tokenizer: Any, vocab: Vocabulary | None) -> list[Request]:
+def run_workload(config: RunConfig, tokenizer: Tokenizer, vocab: Vocabulary | None) -> list[Request]:
     """The run's requests (the same for every target): ``vocab`` bounds their ids, None for a remote
     model whose vocabulary is unknown (GPT-2's is used)."""
     return build_workload(

@@ -29,11 +29,11 @@ from typing import Any
 import torch
 
 from rosebench.config import ConfigError, RunConfig
-from rosebench.engine.config import EngineConfig, KVCacheConfig
+from rosebench.engine.config import MODEL_PRESETS, EngineConfig, KVCacheConfig, model_source
 from rosebench.engine.engine import check_fits_context, resolve_device
 from rosebench.engine.models import create_model
-from rosebench.engine.tokenizer import detokenize, load_tokenizer
-from rosebench.engine.weights import model_config
+from rosebench.engine.tokenizer import NoTokenizer, Tokenizer, detokenize, load_tokenizer
+from rosebench.engine.weights import model_and_tokenizer, model_config
 from rosebench.files import write_atomic
 from rosebench.profiling.session import ProfileResult
 from rosebench.profiling.summary import TraceSummary
@@ -42,7 +42,7 @@ from rosebench.runner.benchmark import (
     Outcome,
     drive_passes,
     model_record,
-    model_source,
+    model_vocabulary,
     run_workload,
     sized_for_workload,
 )
@@ -75,7 +75,7 @@ class RemoteSetup:
 
     config: RunConfig  # resolved: target=serve's engine.max_model_len filled in, as the server got it
     requests: list[Request]
-    detokenize: Callable[[list[int]], str]
+    detokenize: Callable[[list[int]], str | None]  # None: a model without a tokenizer
     connection: Connection
     format: RequestFormat
     model_id: str  # the server's id of its model
@@ -149,12 +149,17 @@ class RemoteSetup:
 def remote_target(config: RunConfig, run_dir: Path) -> Iterator[RemoteSetup]:
     """Everything that can reject the run before timing (the workload, the server's answers); with
     target=serve the server is started here and stopped on every way out of the block."""
-    tokenizer = load_tokenizer()
     try:
+        if config.target.kind == "serve" or _names_a_model(config.engine):
+            # The server's model (or, for target=http, the one engine.* names): its tokenizer and
+            # vocabulary, as in-process, so that prompts, counts and outputs are in its own ids.
+            shape, tokenizer = model_and_tokenizer(config.engine)
+            vocab: Vocabulary | None = model_vocabulary(shape, tokenizer, model_source(config.engine))
+        else:  # a remote model's vocabulary is unknown: GPT-2's ids, or their text
+            tokenizer, vocab = load_tokenizer(), None
+        _check_prompt_form(config, tokenizer)
+        requests = run_workload(config, tokenizer, vocab)
         if config.target.kind == "serve":
-            shape = model_config(config.engine.model, config.engine.weights)
-            vocab = Vocabulary(shape.vocab_size, model_source(config.engine))
-            requests = run_workload(config, tokenizer, vocab)
             # The server gets the context the engine would have in-process (it cannot see the workload).
             engine = sized_for_workload(config.engine, requests)
             context = engine.max_model_len or shape.n_positions
@@ -164,8 +169,6 @@ def remote_target(config: RunConfig, run_dir: Path) -> Iterator[RemoteSetup]:
                     check_fits_context(len(r.prompt_token_ids), r.params.max_new_tokens, context)
                 except ValueError as error:
                     raise ValueError(f"request {r.request_id}: {error}") from None
-        else:  # a remote model's vocabulary is unknown: GPT-2's ids, or their text
-            requests = run_workload(config, tokenizer, None)
     except ValueError as error:
         raise ConfigError(str(error)) from None
     with contextlib.ExitStack() as stack:
@@ -174,6 +177,25 @@ def remote_target(config: RunConfig, run_dir: Path) -> Iterator[RemoteSetup]:
         except TargetError as error:
             raise ConfigError(str(error)) from None
         yield setup
+
+
+def _names_a_model(engine: EngineConfig) -> bool:
+    """Whether the config says which model a target=http server runs (``engine.weights``, or a preset of
+    another family than GPT-2): its tokenizer is then used rather than GPT-2's."""
+    return engine.weights is not None or MODEL_PRESETS[engine.model].architecture != "gpt2"
+
+
+def _check_prompt_form(config: RunConfig, tokenizer: Tokenizer) -> None:
+    """A model without a tokenizer takes token ids only: text prompts (the chat endpoint, target.prompt=
+    text) are refused here, before the server starts, in one line."""
+    target = config.target
+    if isinstance(tokenizer, NoTokenizer) and (target.endpoint == "chat" or target.prompt == "text"):
+        asked = "target.endpoint=chat" if target.endpoint == "chat" else "target.prompt=text"
+        raise ValueError(
+            f"{asked}: {tokenizer.source} has random weights and no tokenizer, so prompts go as token ids "
+            "(target.endpoint=completions, target.prompt=auto or token_ids), or give engine.weights=<Hugging "
+            "Face folder with tokenizer.json>"
+        )
 
 
 def server_overrides(config: RunConfig) -> list[str]:
@@ -188,7 +210,11 @@ def server_overrides(config: RunConfig) -> list[str]:
 
 
 def _connect(
-    config: RunConfig, run_dir: Path, requests: list[Request], tokenizer: Any, stack: contextlib.ExitStack
+    config: RunConfig,
+    run_dir: Path,
+    requests: list[Request],
+    tokenizer: Tokenizer,
+    stack: contextlib.ExitStack,
 ) -> RemoteSetup:
     target = config.target
     server = None
@@ -231,7 +257,7 @@ def _connect(
 
 
 def _request_format(
-    config: RunConfig, connection: Connection, model_id: str, request: Request, tokenizer: Any
+    config: RunConfig, connection: Connection, model_id: str, request: Request, tokenizer: Tokenizer
 ) -> tuple[RequestFormat, str]:
     """How prompts are sent, checked with one 1-token request before timing; and why, in words."""
     target = config.target
@@ -243,7 +269,8 @@ def _request_format(
         send_ids, why = True, "prompts sent as token ids"
     fmt = RequestFormat(model_id, target.endpoint, send_ids, tokenizer)
     failure = probe(connection, fmt, request)
-    if failure is not None and target.prompt == "auto" and send_ids and _client_error(failure):
+    has_text = not isinstance(tokenizer, NoTokenizer)  # without one, ids are the only form
+    if failure is not None and target.prompt == "auto" and send_ids and has_text and _client_error(failure):
         fmt = replace(fmt, send_token_ids=False)
         why = f"prompts sent as text (the server refused token ids: HTTP {failure.status})"
         failure = probe(connection, fmt, request)

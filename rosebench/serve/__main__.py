@@ -47,19 +47,17 @@ def serve(config: ServeConfig, out_dir: Path) -> int:
     """Serve until a stop signal; returns the exit code. Imports torch and FastAPI only now, so that a
     config error is told fast."""
     from rosebench.engine.engine import Engine
-    from rosebench.engine.tokenizer import load_tokenizer
+    from rosebench.engine.weights import model_and_tokenizer
     from rosebench.serve.app import ServerState, build_app
     from rosebench.serve.engine_loop import EngineLoop
     from rosebench.serve.metrics import ServerMetrics
 
     settings = config.serve
-    tokenizer = load_tokenizer()
-    loop = EngineLoop(
-        partial(Engine, config.engine, eos_token_id=tokenizer.eot_token),
-        config.scheduler,
-        ServerMetrics(config.model_name),
-    )
+    # The runner's choice (model_and_tokenizer): the model's own tokenizer, and the engine stops at the
+    # model's own EOS ids, so that the server answers what the run in-process generates.
+    loop = EngineLoop(partial(Engine, config.engine), config.scheduler, ServerMetrics(config.model_name))
     try:
+        _, tokenizer = model_and_tokenizer(config.engine)
         listener = _listen(settings.host, settings.port)
         engine = loop.start()
     except (OSError, ValueError) as error:

@@ -1,5 +1,10 @@
 """The HTTP front: OpenAI's completions and chat completions (streamed as server-sent events), models,
-health, Prometheus metrics and the profiler switches, over one ``EngineLoop``."""
+health, Prometheus metrics and the profiler switches, over one ``EngineLoop``.
+
+A model without a tokenizer (a random-weights Llama preset) takes prompts as token ids only: a text prompt,
+chat messages or stop strings are a 400 that says how to give a tokenizer. Its choices' ``text`` (or
+``delta.content``) is always ``""``, never a made-up text, and every choice carries its ``token_ids`` (vLLM's
+``return_token_ids`` field, as if asked), the response its ``prompt_token_ids``."""
 
 from __future__ import annotations
 
@@ -14,7 +19,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import tiktoken
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -22,6 +26,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
 from rosebench.engine.sequence import SamplingParams
+from rosebench.engine.tokenizer import NoTokenizer, Tokenizer
 from rosebench.profiling.settings import ProfileSettings
 from rosebench.serve.engine_loop import EngineLoop, TokenEvent
 from rosebench.serve.protocol import (
@@ -44,7 +49,7 @@ class ServerState:
     token (the HTTP side's own count, exact on its event loop); ``draining`` is set by a stop signal."""
 
     loop: EngineLoop
-    tokenizer: tiktoken.Encoding
+    tokenizer: Tokenizer  # the model's own: NoTokenizer for a random-weights Llama preset
     model_name: str
     defaults: SamplingParams
     profile: ProfileSettings
@@ -62,6 +67,20 @@ class ServerState:
     @property
     def vocab_size(self) -> int:
         return self.loop.engine.model_config.vocab_size
+
+    @property
+    def has_tokenizer(self) -> bool:
+        return not isinstance(self.tokenizer, NoTokenizer)
+
+    def no_tokenizer(self, param: str, what: str) -> ApiError:
+        """The 400 for text asked of a model without a tokenizer, saying how to serve one that has one."""
+        return ApiError(
+            400,
+            f"{param}: {self.model_name} has random weights and no tokenizer, so {what}: send prompt as a "
+            "list of token ids to /v1/completions, or start the server with engine.weights=<Hugging Face "
+            "folder with tokenizer.json>",
+            param,
+        )
 
 
 def build_app(state: ServerState) -> FastAPI:
@@ -119,6 +138,8 @@ def build_app(state: ServerState) -> FastAPI:
     async def chat_completions(request: Request) -> Response:
         _authorize(state, request)
         body = _parse(ChatCompletionRequest, await request.body())
+        if not state.has_tokenizer:
+            raise state.no_tokenizer("messages", "the chat endpoint cannot encode messages")
         prompt_ids = _prompt_ids(state, chat_prompt(body.messages), "messages")
         # As vLLM: a chat request that sets no limit may fill the rest of the context.
         max_tokens = body.max_tokens_asked or max(1, state.max_model_len - len(prompt_ids))
@@ -182,6 +203,8 @@ def _parse(model: type[GenerationRequest], raw: bytes) -> Any:
 
 def _prompt_ids(state: ServerState, prompt: str | list[int], param: str) -> list[int]:
     if isinstance(prompt, str):
+        if not state.has_tokenizer:
+            raise state.no_tokenizer(param, "a text prompt cannot be encoded")
         ids = state.tokenizer.encode(prompt, allowed_special="all")
     else:
         ids = prompt
@@ -237,6 +260,8 @@ async def _generate(
     chat: bool,
 ) -> Response:
     params = _sampling(state, body, len(prompt_ids), max_tokens)
+    if body.stop_strings and not state.has_tokenizer:
+        raise state.no_tokenizer("stop", "there is no text to find stop strings in")
     if state.draining:
         raise ApiError(503, "the server is shutting down")
     if not state.loop.alive:
@@ -284,7 +309,9 @@ class Generation:
     ) -> None:
         self.state, self.body, self.chat = state, body, chat
         self.prompt_ids = prompt_ids
-        self.text = TextStream(state.tokenizer, body.stop_strings)
+        # No tokenizer: no text (each choice's is ""), and the ids are the output, so always sent.
+        self.text = TextStream(state.tokenizer, body.stop_strings) if state.has_tokenizer else None
+        self.with_ids = body.return_token_ids or self.text is None
         self.completion_tokens = 0
         self.ended = False  # the loop holds nothing of this request any more
         self.id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
@@ -322,6 +349,8 @@ class Generation:
     def _pieces(self, event: TokenEvent) -> tuple[str, str | None]:
         """The text an event adds and the finish reason it brings (a stop string ends the request here)."""
         self.completion_tokens += len(event.token_ids)
+        if self.text is None:
+            return "", event.finish_reason if event.finish_reason in ("stop", "length") else None
         text = self.text.push(event.token_ids)
         if self.text.stopped:
             self.abort()
@@ -354,11 +383,11 @@ class Generation:
             choice["message"] = {"role": "assistant", "content": "".join(texts)}
         else:
             choice["text"] = "".join(texts)
-        if self.body.return_token_ids:
+        if self.with_ids:
             choice["token_ids"] = token_ids
         response = self._envelope([choice], "chat.completion" if self.chat else "text_completion")
         response["usage"] = self._usage()
-        if self.body.return_token_ids:
+        if self.with_ids:
             response["prompt_token_ids"] = self.prompt_ids
         return response
 
@@ -368,9 +397,9 @@ class Generation:
                 yield self._event([{"index": 0, "delta": {"role": "assistant", "content": ""},
                                     "logprobs": None, "finish_reason": None}])  # fmt: skip
             # vLLM's return_token_ids: the prompt's ids ride on the first chunk
-            extra = {"prompt_token_ids": self.prompt_ids} if self.body.return_token_ids else {}
+            extra = {"prompt_token_ids": self.prompt_ids} if self.with_ids else {}
             async for text, ids, finish in self._chunks(first):
-                if text or finish is not None or (self.body.return_token_ids and ids):
+                if text or finish is not None or (self.with_ids and ids):
                     yield self._event([self._choice(text, ids, finish)], **extra)
                     extra = {}
             if self.body.include_usage:
@@ -388,7 +417,7 @@ class Generation:
             choice["delta"] = {"content": text}
         else:
             choice["text"] = text
-        if self.body.return_token_ids:
+        if self.with_ids:
             choice["token_ids"] = token_ids
         return choice
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tiktoken
 
-from rosebench.engine.tokenizer import StreamDetokenizer
+from rosebench.engine.tokenizer import HFTokenizer, StreamDetokenizer
 
 
 class TextStream:
@@ -13,7 +13,7 @@ class TextStream:
     never includes the stop string (OpenAI's behaviour). Characters split across tokens by GPT-2's
     byte-level BPE are held back by ``StreamDetokenizer`` until complete."""
 
-    def __init__(self, tokenizer: tiktoken.Encoding, stop: list[str]) -> None:
+    def __init__(self, tokenizer: tiktoken.Encoding | HFTokenizer, stop: list[str]) -> None:
         self._detokenizer = StreamDetokenizer(tokenizer)
         self._stop = stop
         self._hold = max((len(s) for s in stop), default=1) - 1

@@ -21,9 +21,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import aiohttp
-import tiktoken
 
-from rosebench.engine.tokenizer import detokenize
+from rosebench.engine.tokenizer import NoTokenizer, Tokenizer, detokenize
 from rosebench.scheduler.records import PassResult, PassStats, RequestRecord
 from rosebench.target.settings import public_url
 from rosebench.workload.request import Request
@@ -64,7 +63,8 @@ class RequestFormat:
     model: str
     endpoint: str  # completions | chat
     send_token_ids: bool  # the prompt as token ids (completions only), else as text
-    tokenizer: tiktoken.Encoding  # text of prompts given as ids; counts where the server gives none
+    # The model's: text of prompts given as ids, counts where the server gives none (NoTokenizer: ids only)
+    tokenizer: Tokenizer
 
     @property
     def path(self) -> str:
@@ -98,7 +98,7 @@ class HttpPass:
     ids_from_tokenizer: int = 0  # ... re-tokenized from their text, for outputs.jsonl only
 
 
-def request_body(request: Request, fmt: RequestFormat, prompt_text: str) -> dict[str, Any]:
+def request_body(request: Request, fmt: RequestFormat, prompt_text: str | None) -> dict[str, Any]:
     """The JSON body of one streaming request; ``prompt_text`` is sent when the ids are not."""
     params = request.params
     body: dict[str, Any] = {
@@ -127,8 +127,9 @@ def request_body(request: Request, fmt: RequestFormat, prompt_text: str) -> dict
     return body
 
 
-def prompt_text(request: Request, tokenizer: tiktoken.Encoding) -> str:
-    """The text a prompt is sent as: the workload's own text, else its ids detokenized (random tokens)."""
+def prompt_text(request: Request, tokenizer: Tokenizer) -> str | None:
+    """The text a prompt is sent as: the workload's own text, else its ids detokenized (random tokens);
+    None without a tokenizer (such prompts are only sent as ids)."""
     if request.prompt_text is not None:
         return request.prompt_text
     return detokenize(tokenizer, list(request.prompt_token_ids))
@@ -242,7 +243,7 @@ async def _send(
                     async for line in response.content:
                         if stream.read(line, time.perf_counter() - start):
                             break
-                    failure = stream.failure(request.request_id)
+                    failure = stream.failure(request.request_id, fmt.tokenizer)
         except TimeoutError:
             failure = RequestFailure(
                 request.request_id, f"no complete answer within {connection.timeout_s} s"
@@ -312,16 +313,25 @@ class _Stream:
             self.finish_reason = choice["finish_reason"]
         self.last_s = now_s
 
-    def failure(self, request_id: int) -> RequestFailure | None:
+    @property
+    def ids_from_server(self) -> bool:
+        return bool(self.times_s) and self.every_chunk_had_ids
+
+    def failure(self, request_id: int, tokenizer: Tokenizer) -> RequestFailure | None:
         if self.error is not None:
             return RequestFailure(request_id, self.error)
         if not self.done and self.finish_reason is None:
             return RequestFailure(request_id, "the stream ended before a finish_reason or [DONE]")
+        if isinstance(tokenizer, NoTokenizer) and not self.ids_from_server:
+            return RequestFailure(
+                request_id,
+                f"the server sent no token_ids, and {tokenizer.source} has no tokenizer to count its text",
+            )
         return None
 
-    def fill(self, record: RequestRecord, tokenizer: tiktoken.Encoding) -> Sent:
+    def fill(self, record: RequestRecord, tokenizer: Tokenizer) -> Sent:
         text = "".join(self.texts)
-        ids_from_server = bool(self.times_s) and self.every_chunk_had_ids
+        ids_from_server = self.ids_from_server
         # For outputs.jsonl only when the server sent no ids: GPT-2's BPE gives back the same text.
         ids = self.token_ids if ids_from_server else tokenizer.encode(text, allowed_special="all")
         counted_by_server = self.completion_tokens is not None
