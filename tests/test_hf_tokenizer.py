@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from cli_helpers import FAST, assert_ok, describe, read_outputs, run_cli
+from cli_helpers import FAST, assert_ok, describe, read_outputs, read_results, run_cli
 from test_llama_parity import save_hf_model
 
 from rosebench.engine.config import MODEL_PRESETS
@@ -117,3 +117,6 @@ def test_cli_random_preset_runs_token_ids(tmp_path: Path) -> None:
     rows = read_outputs(next(tmp_path.glob("outputs/*/*")))
     assert [len(r["output_token_ids"]) for r in rows] == [3, 3] and all(r["text"] is None for r in rows)
     assert all(0 <= t < MODEL_PRESETS["llama-tiny"].vocab_size for r in rows for t in r["prompt_token_ids"])
+    # The cache's figures count K/V heads: 2 (K and V) x 2 layers x 2 K/V heads (of 4) x 16 x 4 bytes.
+    model = read_results(next(tmp_path.glob("outputs/*/*")))["model"]
+    assert (model["n_head"], model["n_kv_head"], model["kv_bytes_per_token"]) == (4, 2, 2 * 2 * 2 * 16 * 4)

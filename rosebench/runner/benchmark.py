@@ -23,6 +23,7 @@ from rosebench.config import ConfigError, RunConfig
 from rosebench.engine.config import MODEL_PRESETS, EngineConfig, ModelConfig, model_source
 from rosebench.engine.cpu_linear import bf16_matrix_units
 from rosebench.engine.engine import Engine, NonFiniteLogitsError
+from rosebench.engine.kv_cache import SlotKVCache
 from rosebench.engine.tokenizer import Tokenizer, detokenize, vocabulary_note
 from rosebench.engine.weights import model_and_tokenizer
 from rosebench.profiling.session import ProfileResult, ProfileSession
@@ -146,6 +147,9 @@ def model_record(engine: EngineConfig, shape: ModelConfig, parameters: int) -> d
         "n_embd": shape.n_embd,
         "n_head": shape.n_head,
         "n_kv_head": shape.num_kv_heads,
+        # What one token's K and V take in the cache: K/V heads, not query heads (grouped-query attention
+        # divides it by n_head / n_kv_head), at the engine's dtype.
+        "kv_bytes_per_token": SlotKVCache.bytes_per_token(shape, getattr(torch, engine.dtype)),
         "n_positions": shape.n_positions,
         "vocab_size": shape.vocab_size,
         "parameters": parameters,
