@@ -134,6 +134,23 @@ def test_target_serve_runs_a_preset_without_tokenizer_on_token_ids(tmp_path: Pat
     assert max(t for r in rows for t in r["prompt_token_ids"]) < 49152
 
 
+def test_target_http_draws_from_a_named_models_vocabulary(tiny_server, tmp_path: Path) -> None:
+    """A server someone else started: naming its model (engine=llama-tiny) makes the client draw prompts
+    from that model's vocabulary and count its token ids, not GPT-2's (192 ids drawn below GPT-2's 50256
+    would all fall below 49152 with a chance of 1.4%)."""
+    proc = run_cli(
+        tmp_path, *LLAMA_TINY, "workload=random", "workload.input_len=64", "target=http",
+        f"target.url={tiny_server.url}/v1", "tracking=off", "num_requests=3", "max_new_tokens=5",
+        "sampling.ignore_eos=true", "warmup=0", "repeat=1",
+    )  # fmt: skip
+    assert_ok(proc)
+    run_dir = next(tmp_path.glob("outputs/*/*"))
+    results, rows = read_results(run_dir), read_outputs(run_dir)
+    assert results["metrics"]["prompt_tokens"] == 3 * 64 and results["metrics"]["completion_tokens"] == 3 * 5
+    assert all(len(r["output_token_ids"]) == 5 and r["text"] is None for r in rows)
+    assert max(t for r in rows for t in r["prompt_token_ids"]) < 49152
+
+
 def test_target_serve_refuses_a_text_workload_without_tokenizer_before_timing(tmp_path: Path) -> None:
     proc = run_cli(tmp_path, *LLAMA_TINY, "workload=fixed", "target=serve", "tracking=off")
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
