@@ -33,7 +33,10 @@ def _one_error_line(proc) -> str:
         (["+engine.kv_cache.blocks=9"], ["engine.kv_cache.blocks", "block_size"]),
         (["~num_requests"], ["~num_requests: deleting a key or group is not supported"]),
         (["~engine"], ["~engine: deleting"]),  # Hydra would run the schema's gpt2 without a word
-        (["engine=tinyy"], ["engine=tinyy: no such option (allowed: gpt2, gpt2-medium, tiny)"]),
+        (
+            ["engine=tinyy"],
+            ["engine=tinyy: no such option (allowed: gpt2, gpt2-medium, llama-tiny, smollm2-135m, tiny)"],
+        ),
         (["workload=nope"], ["workload=nope: no such option (allowed: fixed, jsonl, random, shared_prefix)"]),
         (["--multirun", "seed=0,1", "sampling=greedy,greedyy"], ["sampling=greedyy: no such option"]),
         (["sampling.max_new_tokens=0"], ["sampling.max_new_tokens=0: must be >= 1"]),
