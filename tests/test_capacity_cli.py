@@ -30,29 +30,34 @@ def rows(run_dir: Path) -> list[dict]:
 
 def test_goodput_and_attainment_match_outputs_jsonl_by_hand(tmp_path):
     # All 16 requests at once, 4 at a time: the later batches wait, so TTFT spreads by queue position and a
-    # bound at the first run's median TTFT is met by some requests of the second run and missed by others.
+    # bound at a run's median TTFT is met by some requests of the next run and missed by others. On a busy
+    # machine a whole run can be slower than the one its bounds came from (all missed, seen in CI): then the
+    # bounds are taken again from that run, up to three times.
     shape = (*ONLINE, "num_requests=16", "max_new_tokens=8", "scheduler.max_batch_size=4")
     first = run_cli(tmp_path, *shape, "hydra.run.dir=free")
     assert first.returncode == 0, first.stderr
     assert "goodput (req/s)" not in first.stdout  # no SLO: no goodput line, no figure
-    free = rows(tmp_path / "free")
-    ttft_bound = statistics.median(r["ttft_ms"] for r in free)
-    tpot_bound = 2 * max(r["tpot_ms"] for r in free if r["tpot_ms"] is not None)
-
-    bounded = run_cli(
-        tmp_path, *shape, f"slo.ttft_ms={ttft_bound}", f"slo.tpot_ms={tpot_bound}", "hydra.run.dir=slo"
-    )
-    assert bounded.returncode == 0, bounded.stderr
-    results = json.loads((tmp_path / "slo" / "results.json").read_text())
-    last_pass = results["passes"][-1]
-    by_hand = [
-        r["error"] is None
-        and r["ttft_ms"] <= ttft_bound
-        and (r["tpot_ms"] is None or r["tpot_ms"] <= tpot_bound)
-        for r in rows(tmp_path / "slo")
-    ]
-    assert [r["slo_met"] for r in rows(tmp_path / "slo")] == by_hand
+    reference = rows(tmp_path / "free")
+    for attempt in range(3):
+        ttft_bound = statistics.median(r["ttft_ms"] for r in reference)
+        tpot_bound = 2 * max(r["tpot_ms"] for r in reference if r["tpot_ms"] is not None)
+        run_dir = tmp_path / f"slo{attempt}"
+        bounds = (f"slo.ttft_ms={ttft_bound}", f"slo.tpot_ms={tpot_bound}")
+        bounded = run_cli(tmp_path, *shape, *bounds, f"hydra.run.dir={run_dir}")
+        assert bounded.returncode == 0, bounded.stderr
+        reference = rows(run_dir)
+        by_hand = [
+            r["error"] is None
+            and r["ttft_ms"] <= ttft_bound
+            and (r["tpot_ms"] is None or r["tpot_ms"] <= tpot_bound)
+            for r in reference
+        ]
+        assert [r["slo_met"] for r in reference] == by_hand
+        if 0 < sum(by_hand) < len(by_hand):
+            break
     assert 0 < sum(by_hand) < len(by_hand), "the bounds should split the requests"
+    results = json.loads((run_dir / "results.json").read_text())
+    last_pass = results["passes"][-1]
     assert last_pass["slo_attainment"] == pytest.approx(sum(by_hand) / len(by_hand))
     assert last_pass["goodput_req_s"] == pytest.approx(sum(by_hand) / last_pass["elapsed_total_s"])
     assert results["config"]["slo"] == {
