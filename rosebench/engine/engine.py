@@ -393,8 +393,7 @@ class Engine:
         """A KV cache the device cannot hold is refused in one line that names the keys that shrink it,
         rather than an allocator's error or a machine swapping. Given weights default max_model_len to the
         model's whole context, which for a long-context model (SmolLM2: 8192) is a large cache per slot."""
-        per_token = SlotKVCache.bytes_per_token(self.model_config, self.dtype)
-        needed = per_token * (slots + int(scratch)) * (positions + int(scratch))  # SlotKVCache's shape
+        needed = SlotKVCache.nbytes(self.model_config, self.dtype, slots, positions, scratch)
         free = self._free_bytes()
         if needed <= free:
             return

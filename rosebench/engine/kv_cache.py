@@ -14,6 +14,8 @@ content is, belongs to ``placement.SlotPlacement``.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch.profiler import record_function
 
@@ -38,17 +40,26 @@ class SlotKVCache:
         # one spare position, so that every context a static step reads is a strict prefix: its view has
         # the same strides for every context size, and a compiled step is not compiled again for the longest.
         self.scratch_slot = num_slots if scratch_slot else None
-        shape = (
-            cfg.n_layer,
-            num_slots + int(scratch_slot),
-            cfg.num_kv_heads,
-            max_model_len + int(scratch_slot),
-            cfg.head_dim,
-        )
+        shape = self.shape(cfg, num_slots, max_model_len, scratch_slot)
         # Zeros, not empty: attention reads (and masks) positions past a row's length, and 0 * NaN
         # from uninitialised memory would poison the masked softmax product.
         self.k = torch.zeros(shape, dtype=dtype, device=device)  # [L, slots, Hkv, max_model_len, D]
         self.v = torch.zeros(shape, dtype=dtype, device=device)
+
+    @staticmethod
+    def shape(cfg: ModelConfig, num_slots: int, max_model_len: int, scratch_slot: bool) -> tuple[int, ...]:
+        """The shape of K (and of V): ``[n_layer, slots, n_kv_head, max_model_len, head_dim]``, one slot and
+        one position more with a scratch slot."""
+        extra = int(scratch_slot)
+        return (cfg.n_layer, num_slots + extra, cfg.num_kv_heads, max_model_len + extra, cfg.head_dim)
+
+    @staticmethod
+    def nbytes(
+        cfg: ModelConfig, dtype: torch.dtype, num_slots: int, max_model_len: int, scratch_slot: bool
+    ) -> int:
+        """What K and V of that shape take, before they are allocated."""
+        elements = 2 * math.prod(SlotKVCache.shape(cfg, num_slots, max_model_len, scratch_slot))
+        return elements * torch.empty((), dtype=dtype).element_size()
 
     @staticmethod
     def bytes_per_token(cfg: ModelConfig, dtype: torch.dtype) -> int:
