@@ -47,16 +47,18 @@ def naming_overrides(overrides: Iterable[str]) -> list[Override]:
 NAME_PART_CHARS = 40  # a long value (a prompt, a path) would bury the rest of a run's name
 
 
+def _cut(text: str) -> str:
+    return text if len(text) <= NAME_PART_CHARS else text[: NAME_PART_CHARS - 1] + "…"
+
+
 def name_part(override: Override) -> str:
     """``key=value`` as a run's name shows it, cut to NAME_PART_CHARS (the full value is in the params)."""
-    line = override.input_line.lstrip("+")  # ``+key``/``++key`` add or force a key; the name needs neither
-    return line if len(line) <= NAME_PART_CHARS else line[: NAME_PART_CHARS - 1] + "…"
+    return _cut(override.input_line.lstrip("+"))  # ``+key``/``++key`` add or force a key; names need neither
 
 
 def value_part(override: Override) -> str:
     """An override's value as a sweep point's name shows it, cut to NAME_PART_CHARS."""
-    value = override.get_value_element_as_str()
-    return value if len(value) <= NAME_PART_CHARS else value[: NAME_PART_CHARS - 1] + "…"
+    return _cut(override.get_value_element_as_str())
 
 
 def sweep_name(overrides: Iterable[str], searched: str | None = None) -> str:

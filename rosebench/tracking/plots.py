@@ -68,7 +68,8 @@ def legend_below(fig: Figure, ax: Axes, title: str | None = None) -> None:
     )
 
 
-def _as_float(text: str) -> float | None:
+def as_number(text: str) -> float | None:
+    """A param's value as a number, else None (text)."""
     try:
         return float(text)
     except ValueError:
@@ -78,7 +79,7 @@ def _as_float(text: str) -> float | None:
 def _x_axis(values: Sequence[str]) -> tuple[dict[str, float], str]:
     """Where each value goes on the x axis, and the axis kind: linear, log (wide range) or category (text, or
     a value no axis can place: ``scheduler.request_rate=inf``)."""
-    numbers = {v: _as_float(v) for v in values}
+    numbers = {v: as_number(v) for v in values}
     if any(n is None or not math.isfinite(n) for n in numbers.values()):
         return {v: float(i) for i, v in enumerate(numbers)}, "category"
     positions = {v: n for v, n in numbers.items() if n is not None}

@@ -16,6 +16,7 @@ from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
 from rosebench.overrides import sweep_name, swept_keys
 from rosebench.results import HEADLINE_METRICS
+from rosebench.tracking.plots import TRIAL, as_number
 from rosebench.tracking.store import save_runs_view
 from rosebench.tracking.table import SWEEP_PARENT_TAG, Table, child_runs, row_from_run
 
@@ -91,7 +92,7 @@ def parent_figures(
     - ``trial`` alone swept: the mean over the trials at step 0, and its standard deviation as ``<m>_std``.
     - anything else: none (the sweep table and plots say it all).
     """
-    if list(swept) == ["trial"]:
+    if list(swept) == [TRIAL]:
         figures = {}
         for metric in HEADLINE_METRICS:
             values = [metrics[metric] for _, metrics in children if metric in metrics]
@@ -99,7 +100,7 @@ def parent_figures(
                 figures[metric] = [(0, statistics.fmean(values))]
                 figures[f"{metric}_std"] = [(0, statistics.pstdev(values))]
         return figures, "mean over the trials (and their standard deviation as <metric>_std)"
-    numbers = [_as_number(params.get(swept[0], "")) for params, _ in children] if len(swept) == 1 else []
+    numbers = [as_number(params.get(swept[0], "")) for params, _ in children] if len(swept) == 1 else []
     if not numbers or any(n is None for n in numbers):
         return {}, "none: a sweep over several knobs, or not a number (see sweep_table.json and plots/)"
     knob = swept[0]
@@ -120,13 +121,6 @@ def parent_figures(
         return figures, f"each child's figures with step = {knob}"
     ranks = ", ".join(f"{step[v]}={v:g}" for v in values)
     return figures, f"each child's figures with step = the rank of {knob} ({ranks})"
-
-
-def _as_number(text: str) -> float | None:
-    try:
-        return float(text)
-    except ValueError:
-        return None
 
 
 def close_sweep_parent(client: MlflowClient, parent_run_id: str, status: str | None = None) -> str:
