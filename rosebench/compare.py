@@ -337,10 +337,7 @@ def _log_comparison(
     name = f"{lead}: {cand.name} vs {base.name}" if lead else f"{cand.name} vs {base.name}"
     if not isinstance(base_side, dict):
         [c] = comparisons
-        verdicts = {m.metric: m.verdict for m in c.metrics}
-        note = _note(base, cand, reports["comparison.md"])
-        run_id = store.log_run(name, _ratio_figures(c), tags | _verdict_tags(verdicts, metric), note, reports)
-        store.link_back(run_id, base, cand)
+        run_id = _log_point(store, name, c, tags, base, cand, metric, reports["comparison.md"], reports)
         return store.hint(run_id, view)
     by_metric: dict[str, list[str]] = {}
     for c in comparisons:
@@ -364,11 +361,33 @@ def _log_comparison(
             "candidate_run_id": point_cand.run_id,
             "headline_metric": metric,
         }
-        point_tags |= _verdict_tags({m.metric: m.verdict for m in c.metrics}, metric)
-        note = _note(point_base, point_cand, to_markdown([c]))
-        child = store.log_run(c.point, _ratio_figures(c), point_tags, note, parent_run_id=parent)
-        store.link_back(child, point_base, point_cand)
+        report = to_markdown([c])
+        _log_point(
+            store, c.point, c, point_tags, point_base, point_cand, metric, report, parent_run_id=parent
+        )
     return store.hint(parent, view)
+
+
+def _log_point(
+    store: _ComparisonStore,
+    name: str,
+    c: Comparison,
+    tags: dict[str, str | None],
+    base: _LoggedSide,
+    cand: _LoggedSide,
+    metric: str,
+    report: str,
+    reports: dict[str, str] | None = None,
+    parent_run_id: str | None = None,
+) -> str:
+    """One comparison (a pair of runs, or a sweep's point) as a run: its ratios, its verdicts with
+    ``metric``'s as the headline, a description linking both sides, and the links back from them."""
+    verdicts = {m.metric: m.verdict for m in c.metrics}
+    note = _note(base, cand, report)
+    all_tags = tags | _verdict_tags(verdicts, metric)
+    run_id = store.log_run(name, _ratio_figures(c), all_tags, note, reports, parent_run_id)
+    store.link_back(run_id, base, cand)
+    return run_id
 
 
 def _log_capacity(
