@@ -108,8 +108,8 @@ class HFTokenizer:
             ) from None
         self.n_vocab = self._tok.get_vocab_size(with_added_tokens=True)
         self.n_ordinary = self._tok.get_vocab_size(with_added_tokens=False)  # ids before the added tokens
-        self._byte_level = json.loads(self._tok.to_str()).get("decoder", {}) or {}
-        self._byte_level = self._byte_level.get("type") == "ByteLevel"
+        decoder = json.loads(self._tok.to_str()).get("decoder") or {}
+        self._byte_level = decoder.get("type") == "ByteLevel"
         self._special = {token.content for token in self._tok.get_added_tokens_decoder().values()}
         own = _config_eos(folder / "tokenizer_config.json")
         eos = None if own is None else self._tok.token_to_id(own)

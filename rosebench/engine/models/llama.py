@@ -85,9 +85,8 @@ class Attention(nn.Module):
         batch, seq_len, _ = x.shape
         qkv = self.qkv_proj(x).view(batch, seq_len, -1, self.head_dim).transpose(1, 2)  # [B, H + 2 Hkv, T, D]
         q, k, v = qkv.split((self.n_head, self.n_kv_head, self.n_kv_head), dim=1)
-        kv.write(
-            self.layer, rotate(k, cos, sin), v
-        )  # K/V heads only: the cache is n_head / n_kv_head smaller
+        # K/V heads only: the cache is n_head / n_kv_head times smaller than the query heads would make it.
+        kv.write(self.layer, rotate(k, cos, sin), v)
         out = kv.attend(self.layer, rotate(q, cos, sin))  # [B, H, T, D]
         return self.o_proj(out.transpose(1, 2).reshape(batch, seq_len, self.n_head * self.head_dim))
 
